@@ -1,0 +1,22 @@
+"""volume: immutable, versioned, forkable file-system volumes on object storage.
+
+The formats are JuiceFS 1.x's: a committed index is a JuiceFS metadata database and the blocks are
+JuiceFS blocks, so the JuiceFS client can mount our versions and we can mount its volumes.
+"""
+
+from . import errors, plugins
+from .errors import *  # noqa: F401,F403  (the error types are part of the public API)
+from .model import ActionRef, File, ROVolume, RWVolume, Volume
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActionRef",
+    "File",
+    "ROVolume",
+    "RWVolume",
+    "Volume",
+    "errors",
+    "plugins",
+    *errors.__all__,
+]

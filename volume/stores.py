@@ -1,0 +1,343 @@
+"""The two store interfaces every backend plugin implements.
+
+``ObjectStore`` holds immutable blocks, index snapshots and small documents under string keys.
+``MetaStore`` holds one volume's namespace in the JuiceFS layout of its kind (SQLite tables, Redis
+keys). A metadata store offers *storage transactions over JuiceFS records*; the POSIX rules
+(permissions, nlink and ctime bookkeeping, rename semantics) live once, in ``volume.engine``, on top
+of :class:`MetaTxn`. The normative description is ``spec/stores.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Iterator
+
+from .juicefs import Attr, Format
+
+# =========================================================================== object stores
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What ``head`` and ``list`` report about one object."""
+
+    key: str
+    size: int
+
+
+@dataclass(frozen=True)
+class ObjectStoreCapabilities:
+    """What an object store can guarantee.
+
+    conditional_put: ``put(..., if_absent=True)`` is atomic: of several racing writers of one key
+        exactly one succeeds and the others get :class:`~volume.errors.ObjectExists`. Without it
+        the core refuses writable mounts unless the caller opts in.
+    range_reads: ``get(key, start, end)`` fetches only the range (otherwise it is emulated).
+    local: objects live on this machine's file system (no network cost).
+    """
+
+    conditional_put: bool = True
+    range_reads: bool = True
+    local: bool = False
+
+
+class ObjectStore(ABC):
+    """A flat key space of immutable objects below one root (a directory, a bucket prefix).
+
+    Keys are ``/``-separated relative paths: never empty, never absolute, no ``.`` or ``..``
+    segment, no empty segment, no NUL. Invalid keys raise :class:`~volume.errors.InvalidKeyError`
+    before any I/O. Missing objects raise :class:`~volume.errors.ObjectNotFound`.
+    Implementations are safe to call from many threads at once.
+    """
+
+    #: the ``storage`` name the plugin is registered under (entry point name)
+    name: ClassVar[str] = ""
+    capabilities: ClassVar[ObjectStoreCapabilities] = ObjectStoreCapabilities()
+
+    @classmethod
+    @abstractmethod
+    def from_uri(cls, uri: str, *, region: str | None = None, **options: object) -> "ObjectStore":
+        """Open the store rooted at ``uri`` (``file:///dir``, ``s3://bucket/prefix``, ...)."""
+
+    @property
+    @abstractmethod
+    def uri(self) -> str:
+        """The root URI, without credentials."""
+
+    @abstractmethod
+    def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
+        """Bytes ``[start, end)`` of the object (``end=None``: to the end; clamped to its size)."""
+
+    @abstractmethod
+    def put(self, key: str, data: bytes | memoryview, *, if_absent: bool = False) -> None:
+        """Store ``data`` atomically: readers see the old object or the whole new one.
+
+        With ``if_absent`` the put fails with :class:`~volume.errors.ObjectExists` when the key
+        exists, and of racing writers exactly one wins.
+        """
+
+    @abstractmethod
+    def head(self, key: str) -> ObjectInfo:
+        """Size of the object; :class:`~volume.errors.ObjectNotFound` when missing."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix`` (a plain string prefix), sorted by key."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove the object; deleting a missing key is not an error."""
+
+    def exists(self, key: str) -> bool:
+        """Whether the object exists."""
+        from .errors import ObjectNotFound
+
+        try:
+            self.head(key)
+        except ObjectNotFound:
+            return False
+        return True
+
+    def get_file(self, key: str, path: str | Path) -> int:
+        """Download the object into a local file (atomically); returns its size."""
+        data = self.get(key)
+        tmp = Path(f"{path}.part")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        return len(data)
+
+    def put_file(self, key: str, path: str | Path, *, if_absent: bool = False) -> int:
+        """Upload a local file; returns its size."""
+        data = Path(path).read_bytes()
+        self.put(key, data, if_absent=if_absent)
+        return len(data)
+
+    def close(self) -> None:
+        """Release connections; the store is not used afterwards."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.uri!r})"
+
+
+# =========================================================================== metadata stores
+
+
+@dataclass(frozen=True)
+class MetaStoreCapabilities:
+    """What a metadata store offers.
+
+    embedded: runs inside this process (no server to reach).
+    juicefs_compatible: the index it snapshots is mountable by the JuiceFS client as is.
+    """
+
+    embedded: bool = True
+    juicefs_compatible: bool = True
+
+
+class MetaTxn(ABC):
+    """Primitive record operations inside one storage transaction.
+
+    Names are ``bytes``; xattr names are ``str``. Counters are in the SQL convention (next free
+    inode and slice id; last used session and trash offset) whatever the store keeps internally.
+    A read-only transaction raises on any write method.
+    """
+
+    # ---- inodes
+    @abstractmethod
+    def get_attr(self, inode: int) -> Attr | None:
+        """The inode's attributes, or None."""
+
+    @abstractmethod
+    def set_attr(self, inode: int, attr: Attr) -> None:
+        """Create or replace the inode's attributes."""
+
+    @abstractmethod
+    def delete_attr(self, inode: int) -> None:
+        """Remove the inode record (entries, chunks, xattrs and symlink are removed separately)."""
+
+    @abstractmethod
+    def iter_attrs(self) -> Iterator[tuple[int, Attr]]:
+        """Every inode, in inode order."""
+
+    # ---- directory entries
+    @abstractmethod
+    def lookup(self, parent: int, name: bytes) -> tuple[int, int] | None:
+        """``(inode, type)`` of the entry, or None."""
+
+    @abstractmethod
+    def add_entry(self, parent: int, name: bytes, inode: int, type: int) -> None:
+        """Add an entry; the caller has checked that the name is free."""
+
+    @abstractmethod
+    def remove_entry(self, parent: int, name: bytes) -> None:
+        """Remove an entry (no-op when missing)."""
+
+    @abstractmethod
+    def list_entries(
+        self, parent: int, after: bytes | None = None, limit: int | None = None
+    ) -> list[tuple[bytes, int, int]]:
+        """``(name, inode, type)`` of the directory's entries sorted by name bytes, starting
+        strictly after ``after``, at most ``limit``."""
+
+    @abstractmethod
+    def has_entries(self, parent: int) -> bool:
+        """Whether the directory has any entry."""
+
+    @abstractmethod
+    def entry_parents(self, inode: int) -> list[tuple[int, bytes]]:
+        """Every ``(parent, name)`` that names ``inode`` (hard links)."""
+
+    # ---- symlinks
+    @abstractmethod
+    def get_symlink(self, inode: int) -> bytes | None:
+        """Target of a symlink."""
+
+    @abstractmethod
+    def set_symlink(self, inode: int, target: bytes) -> None:
+        """Store a symlink target."""
+
+    @abstractmethod
+    def delete_symlink(self, inode: int) -> None:
+        """Forget a symlink target."""
+
+    # ---- extended attributes
+    @abstractmethod
+    def get_xattr(self, inode: int, name: str) -> bytes | None:
+        """Value of one xattr."""
+
+    @abstractmethod
+    def set_xattr(self, inode: int, name: str, value: bytes) -> None:
+        """Create or replace one xattr."""
+
+    @abstractmethod
+    def remove_xattr(self, inode: int, name: str) -> bool:
+        """Remove one xattr; whether it existed."""
+
+    @abstractmethod
+    def list_xattrs(self, inode: int) -> list[tuple[str, bytes]]:
+        """Every ``(name, value)`` of the inode, sorted by name."""
+
+    @abstractmethod
+    def delete_xattrs(self, inode: int) -> None:
+        """Remove every xattr of the inode."""
+
+    # ---- chunks and slice references
+    @abstractmethod
+    def read_chunk(self, inode: int, indx: int) -> bytes:
+        """Concatenated 24-byte records of the chunk in append order (b"" when none)."""
+
+    @abstractmethod
+    def append_chunk(self, inode: int, indx: int, records: bytes) -> int:
+        """Append records to the chunk; returns the number of records it now holds."""
+
+    @abstractmethod
+    def write_chunk(self, inode: int, indx: int, records: bytes) -> None:
+        """Replace the chunk's records (b"" deletes the chunk)."""
+
+    @abstractmethod
+    def chunk_indexes(self, inode: int) -> list[int]:
+        """Indexes of the inode's chunks that have records, ascending."""
+
+    @abstractmethod
+    def iter_chunks(self) -> Iterator[tuple[int, int, bytes]]:
+        """Every ``(inode, indx, records)`` in the store."""
+
+    @abstractmethod
+    def add_slice_ref(self, slice_id: int, size: int, delta: int) -> int:
+        """Add ``delta`` to the reference count of slice ``(id, size)`` (creating it at 0);
+        returns the new count."""
+
+    @abstractmethod
+    def slice_refs(self) -> Iterator[tuple[int, int, int]]:
+        """Every ``(id, size, refs)``."""
+
+    # ---- counters (SQL convention)
+    @abstractmethod
+    def get_counter(self, name: str) -> int:
+        """Counter value; 0 when absent."""
+
+    @abstractmethod
+    def add_counter(self, name: str, delta: int) -> int:
+        """Add to a counter (creating it at 0); returns the new value."""
+
+    @abstractmethod
+    def set_counter(self, name: str, value: int) -> None:
+        """Set a counter."""
+
+    # ---- per-directory statistics (direct children only)
+    @abstractmethod
+    def update_dir_stats(self, inode: int, length: int, space: int, inodes: int) -> None:
+        """Add the deltas to the directory's stats row (creating it at 0)."""
+
+    @abstractmethod
+    def delete_dir_stats(self, inode: int) -> None:
+        """Remove the directory's stats row."""
+
+    @abstractmethod
+    def get_dir_stats(self, inode: int) -> tuple[int, int, int] | None:
+        """``(data_length, used_space, used_inodes)`` of a directory, or None."""
+
+
+class MetaStore(ABC):
+    """One volume's metadata, kept in a local directory (``meta_dir``) or behind a server.
+
+    A store is used by one engine at a time; the engine serialises write transactions, so stores
+    need isolation only between their own read and write transactions.
+    """
+
+    #: the ``metadata_store_type`` name the plugin is registered under
+    name: ClassVar[str] = ""
+    capabilities: ClassVar[MetaStoreCapabilities] = MetaStoreCapabilities()
+    #: file name of the index snapshot (``meta.db``, ``dump.rdb``) inside a meta dir
+    index_filename: ClassVar[str] = ""
+
+    @classmethod
+    @abstractmethod
+    def open(cls, meta_dir: str | Path, *, read_only: bool = False) -> "MetaStore":
+        """Open the store kept in ``meta_dir`` (created empty when missing, unless read-only)."""
+
+    @classmethod
+    @abstractmethod
+    def restore(cls, index_path: str | Path, meta_dir: str | Path) -> None:
+        """Place a snapshot made by :meth:`snapshot` into ``meta_dir`` so :meth:`open` opens it.
+
+        Raises :class:`~volume.errors.VolumeIndexCorrupt` when the file is not a valid index.
+        """
+
+    @abstractmethod
+    def is_formatted(self) -> bool:
+        """Whether a Format setting exists."""
+
+    @abstractmethod
+    def format(self, fmt: Format, now_ns: int) -> None:
+        """Initialise an empty store as ``juicefs format`` does: schema, setting, counters, root
+        inode (and trash inode when ``TrashDays > 0``)."""
+
+    @abstractmethod
+    def load_format(self) -> Format:
+        """The stored Format; :class:`~volume.errors.VolumeIndexCorrupt` when missing or bad."""
+
+    @abstractmethod
+    def save_format(self, fmt: Format) -> None:
+        """Replace the stored Format."""
+
+    @abstractmethod
+    def transaction(self, write: bool = False) -> contextlib.AbstractContextManager[MetaTxn]:
+        """A transaction: committed when the block exits normally, rolled back on an exception."""
+
+    @abstractmethod
+    def snapshot(self, dest: str | Path) -> int:
+        """Write a consistent copy of the whole store to the file ``dest``; returns its size."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the store; no method is called afterwards."""
+
+    def __enter__(self) -> "MetaStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
