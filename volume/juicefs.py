@@ -57,7 +57,7 @@ _VOLUME_NAME_RE = re.compile(VOLUME_NAME_RULE)
 
 def is_valid_volume_name(name: str) -> bool:
     """Whether ``name`` follows the JuiceFS volume-name rule."""
-    return bool(_VOLUME_NAME_RE.match(name))
+    return bool(_VOLUME_NAME_RE.fullmatch(name))
 
 
 def align4k(length: int) -> int:

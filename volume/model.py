@@ -1,22 +1,468 @@
-"""Placeholder: replaced by the real pydantic models."""
-from pydantic import BaseModel
+"""The public data model: the Volume handle and the JSON document it serialises to.
+
+A :class:`Volume` is a small pydantic model; its JSON (kind ``flyte.volume/v1``) is all another
+process or machine needs to mount that exact version. ``spec/volume.md`` is the normative
+description and ``spec/volume.schema.json`` is generated from :class:`Volume` (regenerate with
+``python -m volume._schema``).
+
+Validation errors. Building a model (``Volume(...)``, ``model_validate``, ``model_validate_json``,
+attribute assignment) raises :class:`pydantic.ValidationError`, as every pydantic user expects.
+:meth:`Volume.parse` takes a dict or JSON text and raises
+:class:`~volume.errors.VolumeValidationError` instead, with the same messages, for callers that
+handle the project's typed errors. The validators themselves raise ``VolumeValidationError``, which
+is a ``ValueError`` and so is reported by pydantic like any other value error.
+
+The verbs (new, mount, commit, fork, ...) are declared here with their final signatures; their
+behaviour lives in the lifecycle and mount layers.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Mapping, Optional, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
+from pydantic.json_schema import WithJsonSchema
+from pydantic_core import ErrorDetails
+from typing_extensions import Self
+
+from . import plugins
+from .errors import VolumeValidationError
+from .juicefs import VOLUME_NAME_RULE, is_valid_volume_name
+
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
+
+__all__ = ["ActionRef", "File", "Volume", "ROVolume", "RWVolume", "VOLUME_KIND"]
+
+VOLUME_KIND = "flyte.volume/v1"
+
+PathArg = Optional[Union[str, os.PathLike]]
+
+# Storages every volume may name, installed or not: a handle written on another machine must still
+# load here (using it then needs the plugin).
+_BUILTIN_STORAGES = ("file", "gs", "s3", "wasb")
+_STORAGE_BY_SCHEME = {
+    "s3": "s3",
+    "gs": "gs",
+    "gcs": "gs",
+    "abfs": "wasb",
+    "abfss": "wasb",
+    "wasb": "wasb",
+    "wasbs": "wasb",
+    "file": "file",
+}
+# Storages whose URIs begin with a bucket/container name, so "s3:///x" names no bucket.
+_NAMED_BUCKET_STORAGES = frozenset({"s3", "gs", "wasb"})
+# Redis arrives as a plugin later, but volumes made elsewhere may already name it.
+_BUILTIN_META_STORES = ("redis",)
+
+_SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
-class ActionRef(BaseModel):
-    name: str
+# --------------------------------------------------------------------------- value checks
 
 
-class File(BaseModel):
-    path: str
+def _accepted_storages() -> list[str]:
+    return sorted(set(_BUILTIN_STORAGES) | set(plugins.names(plugins.OBJECT_STORES)))
 
 
-class Volume(BaseModel):
-    name: str
+def _accepted_meta_stores() -> list[str]:
+    return sorted(set(_BUILTIN_META_STORES) | set(plugins.names(plugins.META_STORES)))
 
 
-class ROVolume(Volume):
-    pass
+def _storage_by_scheme() -> dict[str, str]:
+    # an installed object-store plugin owns the URI scheme of its own name (memory://...)
+    plugin_schemes = {name: name for name in plugins.names(plugins.OBJECT_STORES)}
+    return {**plugin_schemes, **_STORAGE_BY_SCHEME}
 
 
-class RWVolume(Volume):
-    pass
+def _check_name(name: str) -> str:
+    if not is_valid_volume_name(name):
+        raise VolumeValidationError(
+            f"volume name {name!r} does not follow the JuiceFS rule {VOLUME_NAME_RULE}: "
+            f"3 to 63 characters of lowercase letters, digits and '-', "
+            f"starting and ending with a letter or digit"
+        )
+    return name
+
+
+def _check_storage(storage: str) -> str:
+    accepted = _accepted_storages()
+    if storage not in accepted:
+        raise VolumeValidationError(
+            f"unknown storage {storage!r}; accepted: {', '.join(accepted)} "
+            f"(install an object-store plugin to add another)"
+        )
+    return storage
+
+
+def _check_meta_store(store_type: Optional[str]) -> Optional[str]:
+    if store_type is None:
+        return None
+    accepted = _accepted_meta_stores()
+    if store_type not in accepted:
+        raise VolumeValidationError(
+            f"unknown metadata store type {store_type!r}; accepted: {', '.join(accepted)} "
+            f"(install a metadata-store plugin to add another)"
+        )
+    return store_type
+
+
+def _scheme_storage(bucket: str) -> Optional[str]:
+    """The storage the bucket's URI scheme names, or None for a plain path (no scheme).
+
+    Raises :class:`VolumeValidationError` for a malformed bucket or an unsupported scheme.
+    """
+    if not bucket.strip():
+        raise VolumeValidationError(
+            f"bucket {bucket!r} is empty; give an object-store URI such as s3://bucket/prefix "
+            f"or a local directory"
+        )
+    if "\0" in bucket:
+        raise VolumeValidationError(f"bucket {bucket!r} contains a NUL character")
+    match = _SCHEME_RE.match(bucket)
+    if match is None:
+        return None
+    scheme = match.group(1).lower()
+    by_scheme = _storage_by_scheme()
+    storage = by_scheme.get(scheme)
+    if storage is None:
+        supported = ", ".join(f"{s}://" for s in sorted(by_scheme))
+        raise VolumeValidationError(
+            f"bucket {bucket!r} has the unsupported scheme '{scheme}://'; "
+            f"supported: {supported}, or a plain local path"
+        )
+    rest = bucket[match.end() :]
+    named_bucket = storage in _NAMED_BUCKET_STORAGES
+    if not rest or (named_bucket and rest.startswith("/")):
+        form = "<bucket>[/prefix]" if named_bucket else "<path>"
+        raise VolumeValidationError(
+            f"bucket {bucket!r} names no {'bucket' if named_bucket else 'path'} after "
+            f"'{scheme}://'; write {scheme}://{form}"
+        )
+    return storage
+
+
+def _check_agreement(storage: str, bucket: str, implied: Optional[str]) -> str:
+    """``storage``, unless the bucket's scheme (which means storage ``implied``) contradicts it."""
+    if implied is not None and implied != storage:
+        raise VolumeValidationError(
+            f"storage {storage!r} does not match bucket {bucket!r}, whose scheme means storage "
+            f"{implied!r}; omit storage to infer it from the bucket, or fix one of the two"
+        )
+    return storage
+
+
+def _describe_error(err: ErrorDetails) -> str:
+    """One pydantic error as "field: message", with our own exception's text where there is one."""
+    own = err.get("ctx", {}).get("error")
+    message = str(own) if isinstance(own, VolumeValidationError) else err["msg"]
+    where = ".".join(map(str, err["loc"]))
+    return f"{where}: {message}" if where else message
+
+
+def _not_implemented(method: str, layer: str) -> NotImplementedError:
+    return NotImplementedError(f"{method} needs {layer}, which is not implemented yet")
+
+
+_LIFECYCLE = "the lifecycle layer (volume.lifecycle)"
+_MOUNT = "the mount layer (volume.mount)"
+
+
+# --------------------------------------------------------------------------- models
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(validate_assignment=True, extra="forbid")
+
+
+class ActionRef(_Model):
+    """The Flyte action that produced a volume version."""
+
+    name: str = Field(description="Name of the action within its run.")
+    run_name: Optional[str] = Field(default=None, description="Name of the run.")
+    project: Optional[str] = Field(default=None, description="Flyte project of the run.")
+    domain: Optional[str] = Field(default=None, description="Flyte domain of the run.")
+    org: Optional[str] = Field(default=None, description="Flyte organisation of the run.")
+    output_name: Optional[str] = Field(
+        default=None, description="Name of the action output that holds the volume."
+    )
+    locator: Optional[str] = Field(
+        default=None,
+        description="URI of the version document this action produced "
+        "(what Volume.from_locator loads).",
+    )
+
+
+class File(_Model):
+    """A file reference, in the JSON shape of ``flyte.io.File``."""
+
+    path: str = Field(description="URI or local path of the file.")
+    name: Optional[str] = Field(default=None, description="Display name of the file.")
+    format: Optional[str] = Field(default=None, description="Format tag of the file.")
+    hash: Optional[str] = Field(default=None, description="Content hash, when known.")
+
+
+class Volume(_Model):
+    """A handle to one version of a volume: the flyte.volume/v1 document of spec/volume.md."""
+
+    kind: Literal["flyte.volume/v1"] = Field(
+        default=VOLUME_KIND, description="Document kind and version; always 'flyte.volume/v1'."
+    )
+    name: str = Field(
+        description="The handle's own name; follows the JuiceFS volume-name rule "
+        f"{VOLUME_NAME_RULE}.",
+        json_schema_extra={"pattern": VOLUME_NAME_RULE},
+    )
+    bucket: str = Field(
+        description="Where the volume's objects live: an object-store URI (s3://bucket/prefix, "
+        "gs://..., abfs://...) or a local directory (file:///dir or a plain path). "
+        "Kept exactly as given."
+    )
+    # Typed str because a validated volume always has one; null or absent in the input means
+    # "infer it from the bucket", which the JSON schema must allow.
+    storage: Annotated[str, WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "null"}]})] = (
+        Field(
+            default=None,
+            validate_default=True,
+            description="Object-store backend: s3, gs, wasb, file or the name of an installed "
+            "object-store plugin. Inferred from the bucket's scheme when absent or null.",
+        )
+    )
+    region: Optional[str] = Field(
+        default=None, description="Object-store region, for backends that need one."
+    )
+    index: Optional[File] = Field(
+        default=None,
+        description="The committed index (a metadata-store snapshot); null until the first "
+        "commit.",
+    )
+    metadata_store_type: Optional[str] = Field(
+        default=None,
+        description="Metadata-store type the index was written with: sqlite, redis or the name "
+        "of an installed metadata-store plugin.",
+    )
+    used_bytes: Optional[int] = Field(
+        default=None, ge=0, description="Bytes used by files (JuiceFS usedSpace) at commit."
+    )
+    inode_count: Optional[int] = Field(
+        default=None, ge=0, description="Number of inodes (JuiceFS totalInodes) at commit."
+    )
+    index_bytes: Optional[int] = Field(
+        default=None, ge=0, description="Size of the uploaded index in bytes."
+    )
+    message: Optional[str] = Field(default=None, description="Commit message of this version.")
+    produced_by: Optional[ActionRef] = Field(
+        default=None, description="The action that produced this version."
+    )
+    parent_produced_by: Optional[ActionRef] = Field(
+        default=None, description="The action that produced the version this one derives from."
+    )
+
+    # ----------------------------------------------------------------- validation
+
+    @field_validator("name")
+    @classmethod
+    def _validate_name(cls, name: str) -> str:
+        return _check_name(name)
+
+    # The storage/bucket agreement is checked by whichever of the two fields is validated second
+    # (storage on construction, either one on assignment), not by an after-model validator: a
+    # failing one of those leaves an assigned value in place (pydantic issue #7105).
+
+    @field_validator("bucket")
+    @classmethod
+    def _validate_bucket(cls, bucket: str, info: ValidationInfo) -> str:
+        implied = _scheme_storage(bucket)
+        storage = info.data.get("storage")
+        if storage is not None:
+            _check_agreement(storage, bucket, implied)
+        return bucket
+
+    @field_validator("storage", mode="wrap")
+    @classmethod
+    def _validate_storage(
+        cls, storage: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
+    ) -> Optional[str]:
+        bucket = info.data.get("bucket")
+        if bucket is None:  # the bucket failed and is reported already; nothing to compare with
+            return None if storage is None else _check_storage(handler(storage))
+        implied = _scheme_storage(bucket)
+        if storage is None:
+            return implied or "file"
+        return _check_agreement(_check_storage(handler(storage)), bucket, implied)
+
+    @field_validator("metadata_store_type")
+    @classmethod
+    def _validate_metadata_store_type(cls, store_type: Optional[str]) -> Optional[str]:
+        return _check_meta_store(store_type)
+
+    @classmethod
+    def parse(cls, data: Union[Mapping[str, Any], str, bytes]) -> Self:
+        """Validate a dict or JSON text into this class.
+
+        Unlike the pydantic constructors, which raise :class:`pydantic.ValidationError`, this
+        raises :class:`~volume.errors.VolumeValidationError` carrying every error message (the
+        pydantic error is its ``__cause__``).
+        """
+        try:
+            if isinstance(data, (str, bytes)):
+                return cls.model_validate_json(data)
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(_describe_error(err) for err in exc.errors())
+            raise VolumeValidationError(f"invalid {cls.__name__}: {problems}") from exc
+
+    # ----------------------------------------------------------------- conversions
+
+    def as_ro(self) -> ROVolume:
+        """This document as an :class:`ROVolume` (a copy; every field kept, mount state not)."""
+        return ROVolume.model_validate(self.model_dump())
+
+    def as_rw(self) -> RWVolume:
+        """This document as an :class:`RWVolume` (a copy; every field kept, mount state not)."""
+        return RWVolume.model_validate(self.model_dump())
+
+    # ----------------------------------------------------------------- seed API
+
+    @classmethod
+    def empty(
+        cls,
+        name: str,
+        bucket: Optional[str] = None,
+        storage: Optional[str] = None,
+        region: Optional[str] = None,
+        metadata_store_type: Optional[str] = None,
+    ) -> Volume:
+        """Declare a brand-new, empty volume; its first mount formats it."""
+        raise _not_implemented("Volume.empty", _LIFECYCLE)
+
+    @classmethod
+    def new(
+        cls,
+        name: Optional[str] = None,
+        bucket: Optional[str] = None,
+        storage: Optional[str] = None,
+        region: Optional[str] = None,
+        metadata_store_type: Optional[str] = None,
+    ) -> RWVolume:
+        """Declare a brand-new volume as a writable working copy (a name is chosen if omitted)."""
+        raise _not_implemented("Volume.new", _LIFECYCLE)
+
+    @classmethod
+    def from_locator(cls, uri: str) -> ROVolume:
+        """Load the committed version whose version document (locator) is at ``uri``."""
+        raise _not_implemented("Volume.from_locator", _LIFECYCLE)
+
+    def commit(
+        self,
+        mount_path: PathArg = None,
+        meta_dir: PathArg = None,
+        timeout: float = 60,
+        message: Optional[str] = None,
+    ) -> ROVolume:
+        """Commit the volume mounted at ``mount_path`` as a new version.
+
+        .. deprecated:: mount an :class:`RWVolume` and use its ``commit()`` or ``finalize()``.
+        """
+        warnings.warn(
+            "Volume.commit() is deprecated; mount an RWVolume and call its commit() or finalize()",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        raise _not_implemented("Volume.commit", _LIFECYCLE)
+
+    def migrate_metadata_store_type(
+        self,
+        new_metadata_store_type: str,
+        meta_dir: PathArg = None,
+        new_meta_dir: PathArg = None,
+    ) -> Volume:
+        """Re-host this version's metadata on another store type, touching no data block."""
+        raise _not_implemented("Volume.migrate_metadata_store_type", _LIFECYCLE)
+
+
+class _MountableVolume(Volume):
+    """What read-only and writable handles share: mount state, unmount, fs, context manager."""
+
+    # the live mount this handle owns; private so the JSON stays the document
+    _mount: Any = PrivateAttr(default=None)
+
+    def unmount(self) -> None:
+        """Unmount this handle's mount."""
+        raise _not_implemented(f"{type(self).__name__}.unmount", _MOUNT)
+
+    @property
+    def fs(self) -> AbstractFileSystem:
+        """The in-process (fsspec-compatible) file system of the mounted volume."""
+        raise _not_implemented(f"{type(self).__name__}.fs", _MOUNT)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.unmount()
+
+
+class ROVolume(_MountableVolume):
+    """An immutable, committed version; it always mounts read-only."""
+
+    def mount(
+        self,
+        mount_path: PathArg = None,
+        meta_dir: PathArg = None,
+        cache_dir: PathArg = None,
+        timeout: float = 120,
+        attr_cache: float = 1.0,
+        entry_cache: float = 1.0,
+        dir_entry_cache: float = 1.0,
+        transport: str = "auto",
+    ) -> ROVolume:
+        """Mount this version read-only (``transport``: "auto", "fuse" or "none")."""
+        raise _not_implemented("ROVolume.mount", _MOUNT)
+
+    def fork(self, name: str, meta_dir: PathArg = None, timeout: float = 60) -> RWVolume:
+        """A writable copy named ``name`` that shares every data block with this version."""
+        raise _not_implemented("ROVolume.fork", _LIFECYCLE)
+
+
+class RWVolume(_MountableVolume):
+    """A writable working copy: mount it, write, then commit or finalize."""
+
+    def mount(
+        self,
+        mount_path: PathArg = None,
+        meta_dir: PathArg = None,
+        cache_dir: PathArg = None,
+        timeout: float = 120,
+        attr_cache: float = 1.0,
+        entry_cache: float = 1.0,
+        dir_entry_cache: float = 1.0,
+        writeback: bool = True,
+        upload_workers: int = 8,
+        buffer_size_mb: int = 300,
+        transport: str = "auto",
+    ) -> RWVolume:
+        """Mount this working copy read-write (``transport``: "auto", "fuse" or "none")."""
+        raise _not_implemented("RWVolume.mount", _MOUNT)
+
+    # The seed API gives RWVolume.commit its own signature; Volume.commit is the deprecated form.
+    def commit(self, message: Optional[str] = None) -> ROVolume:  # type: ignore[override]
+        """Snapshot the mounted working copy as a new version; it stays mounted."""
+        raise _not_implemented("RWVolume.commit", _LIFECYCLE)
+
+    def finalize(self, message: Optional[str] = None, timeout: float = 60) -> ROVolume:
+        """Drain uploads, snapshot as a new version and unmount."""
+        raise _not_implemented("RWVolume.finalize", _LIFECYCLE)
