@@ -1,0 +1,291 @@
+"""Blocks: background put-if-absent uploads, a bounded cache, readahead, and drain.
+
+A block that has been handed to :meth:`BlockStore.upload` stays readable from memory until its
+upload succeeded, so the metadata may reference it at once (writeback); :meth:`BlockStore.drain`
+is what a commit waits on: it returns only when every block handed over exists in the store.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from ..errors import ObjectExists, ObjectNotFound, VolumeCommitError
+from ..juicefs import block_key
+from ..stores import ObjectStore
+
+log = logging.getLogger("volume.engine.blocks")
+
+UPLOAD_ATTEMPTS = 3
+
+
+@dataclass
+class BlockStats:
+    """Counters of block traffic, for benchmarks and tests."""
+
+    uploads: int = 0
+    upload_bytes: int = 0
+    fetches: int = 0
+    fetch_bytes: int = 0
+    cache_hits: int = 0
+
+
+class _LRU:
+    """A byte-bounded LRU of immutable blocks."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.size = 0
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            data = self._items.get(key)
+            if data is not None:
+                self._items.move_to_end(key)
+            return data
+
+    def put(self, key: str, data: bytes) -> None:
+        if len(data) > self.capacity:
+            return
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.size -= len(old)
+            self._items[key] = data
+            self.size += len(data)
+            while self.size > self.capacity:
+                _, evicted = self._items.popitem(last=False)
+                self.size -= len(evicted)
+
+
+class BlockStore:
+    """The blocks of one chunk key space (``<Name>/chunks/...``) in an object store."""
+
+    def __init__(
+        self,
+        objects: ObjectStore,
+        name: str,
+        block_bytes: int,
+        *,
+        hash_prefix: bool = False,
+        cache_bytes: int = 256 << 20,
+        upload_workers: int = 8,
+        max_pending_bytes: int = 300 << 20,
+        read_workers: int = 8,
+    ):
+        self.objects = objects
+        self.name = name
+        self.block_bytes = block_bytes
+        self.hash_prefix = hash_prefix
+        self.stats = BlockStats()
+        self._cache = _LRU(cache_bytes)
+        self._max_pending = max(max_pending_bytes, block_bytes)
+        self._pending: dict[str, bytes] = {}
+        self._pending_bytes = 0
+        self._inflight_uploads = 0
+        self._failed: dict[str, BaseException] = {}
+        self._cond = threading.Condition()
+        self._uploader = ThreadPoolExecutor(upload_workers, thread_name_prefix="volume-upload")
+        self._reader = ThreadPoolExecutor(read_workers, thread_name_prefix="volume-read")
+        self._fetching: dict[str, Future[bytes]] = {}
+        self._fetch_lock = threading.Lock()
+        self._closed = False
+
+    # ------------------------------------------------------------------ keys
+
+    def key(self, slice_id: int, indx: int, bsize: int) -> str:
+        """Object key of one block."""
+        return block_key(self.name, slice_id, indx, bsize, self.hash_prefix)
+
+    def block_range(self, size: int, off: int, length: int) -> range:
+        """Indexes of the blocks of a slice of ``size`` bytes that hold [off, off+length)."""
+        bs = self.block_bytes
+        return range(off // bs, (off + length - 1) // bs + 1)
+
+    def _bsize(self, size: int, indx: int) -> int:
+        return min(self.block_bytes, size - indx * self.block_bytes)
+
+    # ------------------------------------------------------------------ uploads
+
+    def upload(self, slice_id: int, indx: int, data: bytes) -> None:
+        """Hand a block over for upload; returns once it is readable (and the upload queued).
+
+        Blocks while the bytes awaiting upload exceed the pending bound (back-pressure).
+        """
+        key = self.key(slice_id, indx, len(data))
+        with self._cond:
+            while self._pending_bytes + len(data) > self._max_pending and self._inflight_uploads:
+                self._cond.wait()
+            self._pending[key] = data
+            self._pending_bytes += len(data)
+            self._inflight_uploads += 1
+        self._uploader.submit(self._upload, key, data)
+
+    def _upload(self, key: str, data: bytes) -> None:
+        error: BaseException | None = None
+        for attempt in range(UPLOAD_ATTEMPTS):
+            try:
+                self._put_if_absent(key, data)
+                error = None
+                break
+            except ObjectExists as exc:  # never retried: another writer owns this key
+                error = exc
+                break
+            except Exception as exc:  # transient store failures are retried
+                error = exc
+                time.sleep(0.05 * (2**attempt))
+        with self._cond:
+            self._inflight_uploads -= 1
+            if error is None:
+                self._pending.pop(key, None)
+                self._pending_bytes -= len(data)
+                self._failed.pop(key, None)
+                self.stats.uploads += 1
+                self.stats.upload_bytes += len(data)
+            else:
+                log.error("upload of block %s failed: %s", key, error)
+                self._failed[key] = error
+            self._cond.notify_all()
+        if error is None:
+            self._cache.put(key, data)
+
+    def _put_if_absent(self, key: str, data: bytes) -> None:
+        try:
+            self.objects.put(key, data, if_absent=True)
+        except ObjectExists:
+            # A retried put whose first attempt landed leaves the same bytes: that is success.
+            # Different bytes under our key mean two writers share a slice id: never overwrite.
+            if self.objects.get(key) != data:
+                raise ObjectExists(
+                    f"block {key} already exists with other content: two writers allocated the "
+                    f"same slice id; refusing to overwrite it"
+                ) from None
+
+    def drain(self, timeout: float | None = None) -> None:
+        """Wait until every block handed over exists in the store.
+
+        Failed uploads are retried once more here. Raises :class:`VolumeCommitError` when a block
+        cannot be uploaded or the wait exceeds ``timeout``; the blocks stay pending (and
+        readable), so a later drain can still succeed.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            retry = list(self._failed)
+        for key in retry:
+            with self._cond:
+                data = self._pending.get(key)
+                if data is None or key not in self._failed:
+                    continue
+                del self._failed[key]
+                self._inflight_uploads += 1
+            self._uploader.submit(self._upload, key, data)
+        with self._cond:
+            while self._inflight_uploads:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise VolumeCommitError(
+                        f"{self._inflight_uploads} block uploads did not finish within "
+                        f"{timeout} s; nothing was published; retry the commit"
+                    )
+                self._cond.wait(remaining)
+            if self._failed:
+                key, exc = next(iter(self._failed.items()))
+                raise VolumeCommitError(
+                    f"{len(self._failed)} block uploads failed (first: {key}: {exc}); nothing "
+                    f"was published and the data is still held in memory; fix the object store "
+                    f"and commit again"
+                )
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes handed over and not yet confirmed uploaded."""
+        return self._pending_bytes
+
+    # ------------------------------------------------------------------ reads
+
+    def read(self, slice_id: int, size: int, off: int, length: int, *, inode: int = 0) -> bytes:
+        """Bytes [off, off+length) of slice ``slice_id`` (whose object size is ``size``).
+
+        Raises ``OSError(EIO)`` (and logs the inode and key) when a block is missing or short.
+        """
+        bs = self.block_bytes
+        first = off // bs
+        last = (off + length - 1) // bs
+        if first == last:
+            block = self._block(slice_id, size, first, inode)
+            start = off - first * bs
+            return block[start : start + length]
+        out = bytearray(length)
+        view = memoryview(out)
+        pos = 0
+        for indx in range(first, last + 1):
+            block = self._block(slice_id, size, indx, inode)
+            start = max(off - indx * bs, 0)
+            n = min(len(block) - start, length - pos)
+            view[pos : pos + n] = memoryview(block)[start : start + n]
+            pos += n
+        return bytes(out)
+
+    def prefetch(self, slice_id: int, size: int, off: int, length: int) -> None:
+        """Start fetching the blocks holding [off, off+length) in the background."""
+        for indx in self.block_range(size, off, length):
+            key = self.key(slice_id, indx, self._bsize(size, indx))
+            if self._cache.get(key) is not None or key in self._pending:
+                continue
+            self._fetch_future(key, self._bsize(size, indx))
+
+    def _block(self, slice_id: int, size: int, indx: int, inode: int) -> bytes:
+        bsize = self._bsize(size, indx)
+        key = self.key(slice_id, indx, bsize)
+        data = self._pending.get(key)
+        if data is None:
+            data = self._cache.get(key)
+        if data is not None:
+            self.stats.cache_hits += 1
+            return data
+        try:
+            return self._fetch_future(key, bsize).result()
+        except OSError as exc:
+            log.error("inode %d: cannot read block %s: %s", inode, key, exc)
+            raise OSError(errno.EIO, f"block {key} of inode {inode}: {exc}") from exc
+
+    def _fetch_future(self, key: str, bsize: int) -> Future[bytes]:
+        with self._fetch_lock:
+            fut = self._fetching.get(key)
+            if fut is None:
+                fut = self._reader.submit(self._fetch, key, bsize)
+                self._fetching[key] = fut
+            return fut
+
+    def _fetch(self, key: str, bsize: int) -> bytes:
+        try:
+            try:
+                data = self.objects.get(key)
+            except ObjectNotFound as exc:
+                raise OSError(errno.EIO, f"block {key} is missing") from exc
+            if len(data) != bsize:
+                raise OSError(errno.EIO, f"block {key} has {len(data)} bytes, expected {bsize}")
+            self.stats.fetches += 1
+            self.stats.fetch_bytes += len(data)
+            self._cache.put(key, data)
+            return data
+        finally:
+            with self._fetch_lock:
+                self._fetching.pop(key, None)
+
+    # ------------------------------------------------------------------ shutdown
+
+    def close(self, *, wait: bool = True) -> None:
+        """Stop the worker pools (after the queued uploads when ``wait``)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._uploader.shutdown(wait=wait, cancel_futures=not wait)
+        self._reader.shutdown(wait=wait, cancel_futures=not wait)

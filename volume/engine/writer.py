@@ -1,0 +1,68 @@
+"""Write buffers: one open slice per chunk of a file being written.
+
+Full blocks are handed to the block store as soon as the write head passes them (they upload in
+the background); the partial tail is uploaded when the slice is finished, because a block's key
+carries its final length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..juicefs import SliceRecord
+from .blocks import BlockStore
+
+
+class SliceWriter:
+    """One slice being written: contiguous bytes starting at chunk position ``pos``."""
+
+    __slots__ = ("blocks", "id", "pos", "length", "frozen", "buf")
+
+    def __init__(self, blocks: BlockStore, slice_id: int, pos: int):
+        self.blocks = blocks
+        self.id = slice_id
+        self.pos = pos
+        self.length = 0  # slice bytes written so far
+        self.frozen = 0  # slice bytes [0, frozen) already handed over (whole blocks)
+        self.buf = bytearray()  # slice bytes [frozen, length)
+
+    @property
+    def end(self) -> int:
+        """Chunk position one past the last byte written."""
+        return self.pos + self.length
+
+    def accepts(self, pos: int) -> bool:
+        """Whether a write at chunk position ``pos`` can go into this slice (it touches only
+        bytes not yet handed over and leaves no gap)."""
+        return self.pos + self.frozen <= pos <= self.end
+
+    def write(self, pos: int, data: bytes | memoryview) -> None:
+        """Write ``data`` at chunk position ``pos`` (``accepts(pos)`` must hold)."""
+        rel = pos - self.pos - self.frozen
+        self.buf[rel : rel + len(data)] = data
+        self.length = max(self.length, self.frozen + len(self.buf))
+        bs = self.blocks.block_bytes
+        while len(self.buf) >= bs:
+            with memoryview(self.buf) as view:
+                block = bytes(view[:bs])
+            del self.buf[:bs]
+            self.blocks.upload(self.id, self.frozen // bs, block)
+            self.frozen += bs
+
+    def finish(self) -> SliceRecord:
+        """Hand over the tail and return the record that publishes this slice."""
+        if self.buf:
+            self.blocks.upload(self.id, self.frozen // self.blocks.block_bytes, bytes(self.buf))
+            self.frozen += len(self.buf)
+            self.buf = bytearray()
+        return SliceRecord(self.pos, self.id, self.length, 0, self.length)
+
+
+@dataclass
+class FileWriter:
+    """Unpublished writes of one inode: open slices per chunk plus the length/mtime they imply."""
+
+    length: int
+    slices: dict[int, SliceWriter] = field(default_factory=dict)
+    mtime_ns: int = 0
+    dirty: bool = False
