@@ -95,6 +95,10 @@ class BlockStore:
         self._uploader = ThreadPoolExecutor(upload_workers, thread_name_prefix="volume-upload")
         self._reader = ThreadPoolExecutor(read_workers, thread_name_prefix="volume-read")
         self._fetching: dict[str, Future[bytes]] = {}
+        # Local stores are read in place, range by range: the page cache is their block cache,
+        # and large buffers filled by worker threads cost more than the read itself.
+        self._direct = objects.capabilities.local
+        self._verified: set[str] = set()
         self._fetch_lock = threading.Lock()
         self._closed = False
 
@@ -153,7 +157,7 @@ class BlockStore:
                 log.error("upload of block %s failed: %s", key, error)
                 self._failed[key] = error
             self._cond.notify_all()
-        if error is None:
+        if error is None and not self._direct:
             self._cache.put(key, data)
 
     def _put_if_absent(self, key: str, data: bytes) -> None:
@@ -219,42 +223,64 @@ class BlockStore:
         first = off // bs
         last = (off + length - 1) // bs
         if first == last:
-            block = self._block(slice_id, size, first, inode)
-            start = off - first * bs
-            return block[start : start + length]
+            return self._block_part(slice_id, size, first, off - first * bs, length, inode)
         out = bytearray(length)
-        view = memoryview(out)
         pos = 0
         for indx in range(first, last + 1):
-            block = self._block(slice_id, size, indx, inode)
             start = max(off - indx * bs, 0)
-            n = min(len(block) - start, length - pos)
-            view[pos : pos + n] = memoryview(block)[start : start + n]
+            n = min(self._bsize(size, indx) - start, length - pos)
+            out[pos : pos + n] = self._block_part(slice_id, size, indx, start, n, inode)
             pos += n
         return bytes(out)
 
     def prefetch(self, slice_id: int, size: int, off: int, length: int) -> None:
-        """Start fetching the blocks holding [off, off+length) in the background."""
+        """Start fetching the blocks holding [off, off+length) in the background (not for local
+        stores, whose reads are served by the page cache)."""
+        if self._direct:
+            return
         for indx in self.block_range(size, off, length):
             key = self.key(slice_id, indx, self._bsize(size, indx))
             if self._cache.get(key) is not None or key in self._pending:
                 continue
             self._fetch_future(key, self._bsize(size, indx))
 
-    def _block(self, slice_id: int, size: int, indx: int, inode: int) -> bytes:
+    def _block_part(
+        self, slice_id: int, size: int, indx: int, start: int, n: int, inode: int
+    ) -> bytes:
+        """Bytes [start, start+n) of one block."""
         bsize = self._bsize(size, indx)
         key = self.key(slice_id, indx, bsize)
         data = self._pending.get(key)
-        if data is None:
+        if data is None and not self._direct:
             data = self._cache.get(key)
         if data is not None:
             self.stats.cache_hits += 1
-            return data
+            return data[start : start + n] if (start, n) != (0, len(data)) else data
         try:
-            return self._fetch_future(key, bsize).result()
+            if self._direct:
+                return self._read_direct(key, bsize, start, n)
+            data = self._fetch_future(key, bsize).result()
         except OSError as exc:
             log.error("inode %d: cannot read block %s: %s", inode, key, exc)
             raise OSError(errno.EIO, f"block {key} of inode {inode}: {exc}") from exc
+        return data[start : start + n] if (start, n) != (0, len(data)) else data
+
+    def _read_direct(self, key: str, bsize: int, start: int, n: int) -> bytes:
+        """A ranged read in the calling thread; each block's size is checked once."""
+        try:
+            if key not in self._verified:
+                actual = self.objects.head(key).size
+                if actual != bsize:
+                    raise OSError(errno.EIO, f"block {key} has {actual} bytes, expected {bsize}")
+                self._verified.add(key)
+            data = self.objects.get(key, start, start + n)
+        except ObjectNotFound as exc:
+            raise OSError(errno.EIO, f"block {key} is missing") from exc
+        if len(data) != n:
+            raise OSError(errno.EIO, f"block {key} is shorter than {start + n} bytes")
+        self.stats.fetches += 1
+        self.stats.fetch_bytes += n
+        return data
 
     def _fetch_future(self, key: str, bsize: int) -> Future[bytes]:
         with self._fetch_lock:

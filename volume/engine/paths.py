@@ -80,10 +80,11 @@ class PathFS:
     # ------------------------------------------------------------------ resolution
 
     def _walk(self, path: bytes, follow: bool, hops: int = 0) -> tuple[int, Attr]:
-        ino, attr = ROOT_INODE, self.engine.getattr(ROOT_INODE)
+        # the root is a directory: its attributes are fetched only when the path names it
+        ino, attr = ROOT_INODE, None
         parts = [p for p in path.split(b"/") if p]
         for i, part in enumerate(parts):
-            if attr.type != TYPE_DIRECTORY:
+            if attr is not None and attr.type != TYPE_DIRECTORY:
                 raise fs_error(errno.ENOTDIR, path)
             parent = ino
             ino, attr = self.engine.lookup(parent, part, self.caller)
@@ -96,6 +97,8 @@ class PathFS:
                 rest = b"/".join(parts[i + 1 :])
                 joined = posixpath.join(base, target, rest) if rest else posixpath.join(base, target)
                 return self._walk(joined, follow, hops + 1)
+        if attr is None:
+            attr = self.engine.getattr(ROOT_INODE)
         if path.endswith(b"/") and attr.type != TYPE_DIRECTORY:
             raise fs_error(errno.ENOTDIR, path)
         return ino, attr
@@ -260,15 +263,15 @@ class PathFS:
         follow = not flags & os.O_NOFOLLOW
         if flags & os.O_CREAT:
             parent, name = self._parent(raw)
-            try:
-                ino, attr = self.engine.lookup(parent, name, self.caller)
-            except FileNotFoundError:
+            try:  # the common case first: one transaction creates the file
                 fh, ino, _ = self.engine.create(
                     parent, name, mode & ~self.umask, flags | os.O_EXCL, self.caller
                 )
                 return self._register(fh, ino, flags)
-            if flags & os.O_EXCL:
-                raise fs_error(errno.EEXIST, raw)
+            except FileExistsError:
+                if flags & os.O_EXCL:
+                    raise
+            ino, attr = self.engine.lookup(parent, name, self.caller)
             if attr.type == TYPE_SYMLINK and follow:
                 try:
                     ino = self.resolve(raw)
