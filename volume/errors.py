@@ -104,8 +104,9 @@ class PluginLoadError(VolumeSystemError, ImportError):
     """An installed plugin is registered but fails to import."""
 
 
-class ObjectStoreError(VolumeSystemError, OSError):
-    """An object-store operation failed."""
+class ObjectStoreError(OSError, VolumeSystemError):
+    """An object-store operation failed (``OSError`` first, so ``errno`` and ``strerror`` are
+    parsed from ``(errno, message)`` arguments as the ``os`` module's errors are)."""
 
 
 class ObjectNotFound(ObjectStoreError, FileNotFoundError):

@@ -39,7 +39,7 @@ class ObjectStoreCapabilities:
     local: objects live on this machine's file system (no network cost).
     """
 
-    conditional_put: bool = True
+    conditional_put: bool = False
     range_reads: bool = True
     local: bool = False
 
@@ -103,10 +103,15 @@ class ObjectStore(ABC):
 
     def get_file(self, key: str, path: str | Path) -> int:
         """Download the object into a local file (atomically); returns its size."""
+        import secrets
+
         data = self.get(key)
-        tmp = Path(f"{path}.part")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        tmp = Path(f"{path}.part-{secrets.token_hex(4)}")
+        try:
+            tmp.write_bytes(data)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return len(data)
 
     def put_file(self, key: str, path: str | Path, *, if_absent: bool = False) -> int:

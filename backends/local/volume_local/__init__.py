@@ -1,0 +1,6 @@
+"""The ``file`` object-store plugin: a volume's objects as files below a local directory, in the
+layout of JuiceFS's ``file`` storage (see ``backends/local/README.md``)."""
+
+from ._store import LocalObjectStore
+
+__all__ = ["LocalObjectStore"]

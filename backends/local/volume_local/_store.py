@@ -1,0 +1,402 @@
+"""The ``file`` object store: objects are files below a local directory.
+
+The layout is JuiceFS's ``file`` storage with ``Bucket=<root>/``: key ``k`` is the file
+``<root>/k``, written through a temporary file ``.jfs.<basename>.tmp.<random>`` in the same
+directory, so the JuiceFS client finds our objects and we find its.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import secrets
+import shutil
+import stat
+from pathlib import Path
+from typing import Callable, Iterator, TypeVar
+
+from volume.errors import (
+    InvalidKeyError,
+    ObjectExists,
+    ObjectNotFound,
+    ObjectStoreError,
+    VolumeError,
+    VolumeValidationError,
+)
+from volume.keys import validate_key, validate_prefix, validate_range
+from volume.stores import ObjectInfo, ObjectStore, ObjectStoreCapabilities
+
+# Temporary files (ours and a JuiceFS client's) are not objects: list() skips them and no key may
+# take such a name.
+_TEMP_NAME = re.compile(r"\.jfs\..*\.tmp\.\d+", re.DOTALL)
+# JuiceFS cuts the basename inside a temporary name to 200 bytes, which keeps the temporary name
+# under NAME_MAX (255 bytes) whenever the final name fits.
+_TEMP_BASENAME_BYTES = 200
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+# Linux names the file behind a descriptor here: one readlink tells where an open really landed.
+_PROC_FD = "/proc/self/fd"
+_HAVE_PROC_FD = os.path.isdir(_PROC_FD)
+# O_NONBLOCK: opening a FIFO someone left below the root must not hang a read (it is then refused
+# as "not a regular file"); it changes nothing for regular files.
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+
+
+class LocalObjectStore(ObjectStore):
+    """Objects kept as files below a local directory (storage name ``file``).
+
+    Puts are atomic (temporary file, then rename); put-if-absent publishes with ``link(2)``, which
+    fails when the key exists, so of racing writers in any threads or processes exactly one wins.
+    A key that would resolve outside the root through a symbolic link is refused. Needs a POSIX
+    file system with hard links; backslashes in keys are ordinary file-name characters.
+    """
+
+    name = "file"
+    capabilities = ObjectStoreCapabilities(conditional_put=True, range_reads=True, local=True)
+
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = False) -> None:
+        """Use the directory ``root`` (made absolute, created when missing).
+
+        ``fsync``: flush each object, and the directory entry naming it, to stable storage before
+        ``put`` returns (slower; without it a machine crash may lose recent puts, never tear one).
+        """
+        self._root = os.path.abspath(os.fspath(root))
+        try:
+            os.makedirs(self._root, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise VolumeValidationError(
+                f"the file object store root {self._root!r} exists and is not a directory; "
+                f"give a directory path"
+            ) from None
+        except OSError as exc:
+            raise _with_errno(
+                ObjectStoreError(
+                    f"cannot create the file object store root {self._root!r}: {exc.strerror}"
+                ),
+                exc.errno,
+            ) from exc
+        self._prefix = self._root.rstrip("/") + "/"
+        self._real_prefix = os.path.realpath(self._root).rstrip("/") + "/"
+        self._fsync = fsync
+
+    @classmethod
+    def from_uri(
+        cls, uri: str, *, region: str | None = None, **options: object
+    ) -> "LocalObjectStore":
+        """Open ``file:///abs/dir``, ``file://rel/dir`` or a plain directory path.
+
+        Relative paths are resolved against the working directory. ``region`` is ignored. The one
+        option is ``fsync`` (a bool, see :class:`LocalObjectStore`).
+        """
+        unknown = sorted(set(options) - {"fsync"})
+        if unknown:
+            raise VolumeValidationError(
+                f"unknown option(s) {', '.join(unknown)} for the file object store; "
+                f"the accepted option is fsync"
+            )
+        fsync = options.get("fsync", False)
+        if not isinstance(fsync, bool):
+            raise VolumeValidationError(
+                f"the file object store option fsync={fsync!r} is not a bool"
+            )
+        return cls(_directory_of(uri), fsync=fsync)
+
+    @property
+    def uri(self) -> str:
+        """``file://`` followed by the absolute root and a ``/`` (JuiceFS's Bucket form)."""
+        return "file://" + self._prefix
+
+    @property
+    def root(self) -> Path:
+        """The absolute root directory."""
+        return Path(self._root)
+
+    # ------------------------------------------------------------------ object operations
+
+    def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
+        """Bytes ``[start, end)`` of the object, read with one ``pread`` of just that range."""
+        validate_range(start, end)
+        path = self._path(key)
+        with self._os_errors("read", key, missing=True):
+            fd, size = self._open_object(key, path)
+            try:
+                stop = size if end is None else min(end, size)
+                return _pread_exactly(fd, stop - start, start) if stop > start else b""
+            finally:
+                os.close(fd)
+
+    def put(self, key: str, data: bytes | memoryview, *, if_absent: bool = False) -> None:
+        """Write the object atomically (see :class:`LocalObjectStore`)."""
+        view = memoryview(data).cast("B")
+        self._publish(key, lambda tmp, fd: _write_all(fd, view), if_absent=if_absent)
+
+    def head(self, key: str) -> ObjectInfo:
+        """Size of the object."""
+        path = self._path(key)
+        with self._os_errors("inspect", key, missing=True):
+            fd, size = self._open_object(key, path)
+            os.close(fd)
+        return ObjectInfo(key, size)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Objects whose keys start with ``prefix``, sorted by key.
+
+        Only the directory named by the part of ``prefix`` before its last ``/`` is walked.
+        Directories, temporary files, symbolic links and other non-regular files are skipped.
+        """
+        validate_prefix(prefix)
+        directory, _, partial = prefix.rpartition("/")
+        start = self._prefix + directory if directory else self._root
+        self._check_inside(prefix, os.path.realpath(start))
+        return self._walk(start, directory + "/" if directory else "", partial)
+
+    def delete(self, key: str) -> None:
+        """Remove the object's file; a missing key is fine. Emptied directories stay (as in
+        JuiceFS), so that a concurrent put never loses the directory it is writing into."""
+        path = self._path(key)
+        with self._os_errors("delete", key):
+            self._check_inside(key, os.path.realpath(os.path.dirname(path)))
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                os.unlink(path)
+
+    def get_file(self, key: str, path: str | Path) -> int:
+        """Copy the object into the file ``path`` (in the kernel where possible); the file
+        appears whole or not at all. Returns its size."""
+        source = self._path(key)
+        dest = os.path.abspath(os.fspath(path))
+        tmp = _temp_path_for(dest)
+        with self._os_errors("download", key, missing=True):
+            fd, size = self._open_object(key, source)  # refuses missing objects, escaping keys
+            os.close(fd)
+            try:
+                shutil.copyfile(source, tmp)
+                os.replace(tmp, dest)
+            except BaseException:
+                _remove_quietly(tmp)
+                raise
+        return size
+
+    def put_file(self, key: str, path: str | Path, *, if_absent: bool = False) -> int:
+        """Store a copy of the local file ``path`` (copied in the kernel where possible, never
+        linked: later changes to the file must not change the object). Returns its size."""
+        source = os.fspath(path)
+        return self._publish(key, lambda tmp, fd: shutil.copyfile(source, tmp), if_absent=if_absent)
+
+    # ------------------------------------------------------------------ internals
+
+    def _publish(
+        self, key: str, fill: Callable[[str, int], object], *, if_absent: bool
+    ) -> int:
+        """Write a temporary file with ``fill(tmp_path, fd)`` and move it to ``key``; its size."""
+        path = self._path(key)
+        with self._os_errors("write", key):
+            tmp, fd = self._create_temp(key, path)
+            try:
+                try:
+                    fill(tmp, fd)
+                    size = os.fstat(fd).st_size
+                    if self._fsync:
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
+                if if_absent:
+                    # link(2) fails with EEXIST when the key exists: the one atomic test-and-set a
+                    # POSIX file system offers for a whole file, across threads and processes
+                    try:
+                        os.link(tmp, path)
+                    except FileExistsError:
+                        raise _with_errno(
+                            ObjectExists(f"object {key!r} already exists in {self.uri}"),
+                            errno.EEXIST,
+                        ) from None
+                else:
+                    os.replace(tmp, path)
+            except BaseException:
+                _remove_quietly(tmp)
+                raise
+            if if_absent:
+                os.unlink(tmp)
+            if self._fsync:
+                _fsync_directory(os.path.dirname(path))
+        return size
+
+    def _create_temp(self, key: str, path: str) -> tuple[str, int]:
+        """Create the temporary file for ``path`` (and its missing parents); ``(name, fd)``."""
+        parent = os.path.dirname(path)
+        # checked before anything is created: no file or directory is ever made outside the root
+        self._check_inside(key, os.path.realpath(parent))
+        tmp = _temp_path_for(path)
+        try:
+            fd = os.open(tmp, _TEMP_FLAGS, 0o666)  # the umask applies, as to JuiceFS's files
+        except FileNotFoundError:
+            os.makedirs(parent, 0o777, exist_ok=True)  # likewise 0777 minus the umask
+            fd = os.open(tmp, _TEMP_FLAGS, 0o666)
+        return tmp, fd
+
+    def _path(self, key: str) -> str:
+        """The file of ``key``; :class:`InvalidKeyError` for keys this store cannot hold."""
+        validate_key(key)
+        if _TEMP_NAME.fullmatch(key.rpartition("/")[2]):
+            raise InvalidKeyError(
+                f"invalid object key {key!r}: its last segment has the form of a temporary file "
+                f"(.jfs.<name>.tmp.<number>), which the file object store never lists"
+            )
+        return self._prefix + key
+
+    def _open_object(self, key: str, path: str) -> tuple[int, int]:
+        """``(fd, size)`` of ``key``'s file ``path``, open for reading; the caller closes ``fd``."""
+        fd = os.open(path, _READ_FLAGS)
+        try:
+            real = os.readlink(f"{_PROC_FD}/{fd}") if _HAVE_PROC_FD else os.path.realpath(path)
+            self._check_inside(key, real)
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):  # e.g. the directory holding keys "<key>/..."
+                raise self._not_found(key)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, info.st_size
+
+    def _walk(self, directory: str, key_prefix: str, partial: str = "") -> Iterator[ObjectInfo]:
+        """Objects below ``directory``, whose keys start with ``key_prefix``, sorted by key; at
+        this level only entries whose names start with ``partial``."""
+        with self._os_errors("list", key_prefix + partial):
+            try:
+                with os.scandir(directory) as scan:
+                    entries = [entry for entry in scan if entry.name.startswith(partial)]
+            except (FileNotFoundError, NotADirectoryError):
+                return  # nothing is stored below this prefix
+            # a directory sorts as "<name>/", so that the walk yields keys in key order
+            # ("a.txt" < "a/x" although "a" < "a.txt")
+            entries.sort(key=lambda e: e.name + "/" if e.is_dir(follow_symlinks=False) else e.name)
+            for entry in entries:
+                if not _is_utf8(entry.name):
+                    continue  # undecodable bytes: no key names this file or anything below it
+                if entry.is_dir(follow_symlinks=False):
+                    yield from self._walk(entry.path, f"{key_prefix}{entry.name}/")
+                elif entry.is_file(follow_symlinks=False) and not _TEMP_NAME.fullmatch(entry.name):
+                    try:
+                        size = entry.stat(follow_symlinks=False).st_size
+                    except FileNotFoundError:
+                        continue  # deleted while we list
+                    yield ObjectInfo(key_prefix + entry.name, size)
+
+    def _check_inside(self, name: str, real_path: str) -> None:
+        """Refuse ``name`` when its resolved path ``real_path`` is not the root or below it."""
+        if not (real_path + "/").startswith(self._real_prefix):
+            raise InvalidKeyError(
+                f"{name!r} resolves to {real_path!r}, outside the store root {self._root!r}, "
+                f"through a symbolic link; keys must stay below the root"
+            )
+
+    def _not_found(self, key: str) -> ObjectNotFound:
+        return _with_errno(ObjectNotFound(f"no object {key!r} in {self.uri}"), errno.ENOENT)
+
+    @contextlib.contextmanager
+    def _os_errors(self, action: str, key: str, *, missing: bool = False) -> Iterator[None]:
+        """Turn OS errors into store errors naming the key (keeping errno). With ``missing``, a
+        path that does not exist means the object does not."""
+        try:
+            yield
+        except VolumeError:
+            raise
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            if missing:
+                raise self._not_found(key) from None
+            raise self._failed(action, key, exc) from exc
+        except OSError as exc:
+            raise self._failed(action, key, exc) from exc
+
+    def _failed(self, action: str, key: str, exc: OSError) -> ObjectStoreError:
+        return _with_errno(
+            ObjectStoreError(f"cannot {action} {key!r} in {self.uri}: {exc.strerror or exc}"),
+            exc.errno,
+        )
+
+
+_E = TypeVar("_E", bound=ObjectStoreError)
+
+
+def _with_errno(exc: _E, code: int | None) -> _E:
+    """``exc`` carrying ``code`` as its errno. Our error classes put RuntimeError before OSError in
+    their MRO, so ``OSError(errno, message)`` argument parsing does not happen for them."""
+    exc.errno = code
+    return exc
+
+
+def _directory_of(uri: str) -> str:
+    """The directory a ``file://`` URI or plain path names (not yet made absolute)."""
+    if not isinstance(uri, str) or not uri.strip():
+        raise VolumeValidationError(
+            f"file object store URI {uri!r} is empty; give file:///abs/dir or a directory path"
+        )
+    if "\0" in uri:
+        raise VolumeValidationError(f"file object store URI {uri!r} contains a NUL character")
+    scheme = _SCHEME.match(uri)
+    if scheme is None:
+        return uri
+    if scheme.group(1).lower() != "file":
+        raise VolumeValidationError(
+            f"{uri!r} is not a file URI; the file object store takes file:///abs/dir or a plain "
+            f"directory path"
+        )
+    directory = uri[scheme.end() :]
+    if not directory:
+        raise VolumeValidationError(f"file URI {uri!r} names no directory; write file:///abs/dir")
+    return directory
+
+
+def _temp_path_for(path: str) -> str:
+    """A fresh temporary name beside ``path``, in JuiceFS's form."""
+    directory, _, basename = path.rpartition("/")
+    short = basename.encode("utf-8")[:_TEMP_BASENAME_BYTES].decode("utf-8", "ignore")
+    return f"{directory}/.jfs.{short}.tmp.{secrets.randbits(63)}"
+
+
+def _is_utf8(name: str) -> bool:
+    """Whether a file name is text a key can hold (not undecodable bytes)."""
+    if name.isascii():
+        return True
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _pread_exactly(fd: int, size: int, offset: int) -> bytes:
+    """``size`` bytes at ``offset`` (fewer only at the end of the file)."""
+    data = os.pread(fd, size, offset)
+    if len(data) == size:
+        return data  # the usual case: one system call
+    # Linux returns at most ~2 GiB per call
+    parts = [data]
+    done = len(data)
+    while done < size:
+        chunk = os.pread(fd, size - done, offset + done)
+        if not chunk:
+            break
+        parts.append(chunk)
+        done += len(chunk)
+    return b"".join(parts)
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    written = 0
+    while written < len(view):  # a write may be partial (Linux caps one at ~2 GiB)
+        written += os.write(fd, view[written:])
+
+
+def _remove_quietly(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _fsync_directory(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
