@@ -1,0 +1,366 @@
+"""``SQLiteMetaStore``: one volume's namespace in a JuiceFS v1.4 SQLite metadata database.
+
+The live database is ``<meta_dir>/meta.db`` in WAL mode (as the JuiceFS client keeps it). A
+snapshot is a single self-contained file in rollback-journal mode, so it can be uploaded as is,
+opened read-only without side files and mounted by the JuiceFS client.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import threading
+from contextlib import closing
+from pathlib import Path
+
+from volume.errors import MetaStoreError, VolumeIndexCorrupt, VolumeReadOnly
+from volume.juicefs import (
+    COUNTER_NEXT_INODE,
+    DIR_LENGTH,
+    ROOT_INODE,
+    TRASH_INODE,
+    TYPE_DIRECTORY,
+    Attr,
+    Format,
+)
+from volume.stores import MetaStore, MetaStoreCapabilities
+
+from ._schema import FORMAT_COUNTERS, JUICEFS_SCHEMA
+from ._txn import SQLiteTxn, translate_error
+
+INDEX_FILENAME = "meta.db"
+
+_BUSY_TIMEOUT_S = 5.0  # what the JuiceFS client waits for a lock held by another process
+# synchronous=NORMAL in WAL mode: commits do not fsync, yet a crash never corrupts the file (it
+# may only lose the latest transactions). Committed versions are snapshots, fsynced on their own.
+_WRITABLE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=NORMAL",
+    "PRAGMA cache_size=-65536",  # up to 64 MiB of page cache, allocated only as used
+)
+# schema_version reads the header, so a file that is no database fails at open, not later
+_READ_ONLY_PRAGMAS = ("PRAGMA schema_version", "PRAGMA cache_size=-65536")
+
+_SCHEMA_OBJECT_COUNT = "SELECT count(*) FROM sqlite_master"
+_HAS_SETTING_TABLE = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'jfs_setting'"
+_GET_FORMAT = "SELECT value FROM jfs_setting WHERE name = 'format'"
+_SET_FORMAT = (
+    "INSERT INTO jfs_setting (name, value) VALUES ('format', ?) "
+    "ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+)
+_TO_ROLLBACK_JOURNAL = "PRAGMA journal_mode=DELETE"
+_QUICK_CHECK = "PRAGMA quick_check"
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_HEADER_SIZE = 100
+_WAL_HEADER_BYTES = b"\x02\x02"  # file format write/read versions 2 mean WAL mode
+_SIDE_FILE_SUFFIXES = ("-wal", "-shm", "-journal")
+
+
+class SQLiteMetaStore(MetaStore):
+    """A JuiceFS SQLite metadata database, used through one connection shared by all threads.
+
+    Transactions are serialised by a lock held for their whole duration, so a read transaction
+    never observes a write transaction half done. Open it with :meth:`open`.
+    """
+
+    name = "sqlite"
+    capabilities = MetaStoreCapabilities(embedded=True, juicefs_compatible=True)
+    index_filename = INDEX_FILENAME
+
+    def __init__(self, db_path: Path, conn: sqlite3.Connection, read_only: bool) -> None:
+        """Wrap an open connection; use :meth:`open` instead."""
+        self._db_path = db_path
+        self._conn = conn
+        self._read_only = read_only
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(cls, meta_dir: str | Path, *, read_only: bool = False) -> SQLiteMetaStore:
+        """Open ``<meta_dir>/meta.db``; a writable open creates the directory and an empty database.
+
+        A read-only open never writes the database file: it uses SQLite's read-only mode, and
+        for a WAL-mode file that nobody has open (no ``-wal`` file) it also declares the file
+        immutable, so that SQLite does not create ``-wal``/``-shm`` side files either.
+        """
+        db_path = Path(meta_dir) / cls.index_filename
+        if read_only and not db_path.is_file():
+            raise MetaStoreError(
+                f"there is no metadata database at {db_path}; restore the volume's index into "
+                f"{meta_dir} first"
+            )
+        if not read_only:
+            db_path.parent.mkdir(parents=True, exist_ok=True)
+        return cls._connect(db_path, read_only)
+
+    @classmethod
+    def _connect(cls, db_path: Path, read_only: bool) -> SQLiteMetaStore:
+        target, pragmas = (
+            (_read_only_uri(db_path), _READ_ONLY_PRAGMAS)
+            if read_only
+            else (str(db_path), _WRITABLE_PRAGMAS)
+        )
+        conn = None
+        try:
+            conn = sqlite3.connect(
+                target,
+                uri=read_only,
+                timeout=_BUSY_TIMEOUT_S,
+                isolation_level=None,  # we issue BEGIN / COMMIT ourselves
+                check_same_thread=False,  # shared by the engine's threads, guarded by our lock
+            )
+            for pragma in pragmas:
+                conn.execute(pragma)
+        except sqlite3.Error as exc:
+            if conn is not None:
+                conn.close()
+            raise translate_error(exc, db_path) from exc
+        return cls(db_path, conn, read_only)
+
+    @classmethod
+    def restore(cls, index_path: str | Path, meta_dir: str | Path) -> None:
+        """Install the snapshot ``index_path`` as ``<meta_dir>/meta.db``, atomically.
+
+        The file is checked first, read-only (SQLite header and size, ``quick_check``, every
+        JuiceFS table and column this store uses, a valid Format, a root inode); any failure
+        raises :class:`~volume.errors.VolumeIndexCorrupt` and leaves ``meta_dir`` as it was.
+        The copy is put in rollback-journal mode, and stale ``-wal``/``-shm`` files of a
+        previous ``meta.db`` are removed before the copy is renamed over it.
+        """
+        index_path, meta_dir = Path(index_path), Path(meta_dir)
+        _check_sqlite_header(index_path)
+        try:
+            with closing(cls._connect(index_path, read_only=True)) as source:
+                source._check_usable()
+        except (sqlite3.Error, MetaStoreError) as exc:
+            raise VolumeIndexCorrupt(
+                f"{index_path} is not a usable volume index (a JuiceFS v1.4 SQLite metadata "
+                f"database), so it cannot be restored: {exc}"
+            ) from exc
+        meta_dir.mkdir(parents=True, exist_ok=True)
+        staging = meta_dir / f".{cls.index_filename}.restoring"
+        _remove_database(staging)
+        try:
+            shutil.copyfile(index_path, staging)
+            _use_rollback_journal(staging)
+            _fsync(staging)
+        except BaseException:
+            _remove_database(staging)
+            raise
+        target = meta_dir / cls.index_filename
+        _remove_side_files(target)  # a stale -wal would be replayed into the new file
+        os.replace(staging, target)
+
+    def _check_usable(self) -> None:
+        """Raise unless the database is intact and holds a formatted JuiceFS v1.4 schema.
+
+        One statement runs on every table and column this store uses, so a schema of an older
+        JuiceFS (no ``tier_id`` column, say) is refused here rather than on first use.
+        """
+        self.load_format()
+        with self.transaction() as txn:
+            problems = [row[0] for row in self._conn.execute(_QUICK_CHECK)]
+            if problems != ["ok"]:
+                raise VolumeIndexCorrupt(
+                    f"{self._db_path} is a damaged SQLite database: {'; '.join(problems[:5])}"
+                )
+            if txn.get_attr(ROOT_INODE) is None:
+                raise VolumeIndexCorrupt(f"{self._db_path} has no root inode")
+            txn.list_entries(ROOT_INODE, limit=1)
+            txn.get_symlink(ROOT_INODE)
+            txn.list_xattrs(ROOT_INODE)
+            txn.read_chunk(ROOT_INODE, 0)
+            next(iter(txn.slice_refs()), None)
+            txn.get_counter(COUNTER_NEXT_INODE)
+            txn.get_dir_stats(ROOT_INODE)
+
+    # ------------------------------------------------------------------ format
+
+    def is_formatted(self) -> bool:
+        """Whether the ``jfs_setting`` row ``format`` exists."""
+        return self._stored_format() is not None
+
+    def format(self, fmt: Format, now_ns: int) -> None:
+        """Create the v1.4 schema and the rows ``juicefs format`` writes, in one transaction.
+
+        Rows: the Format setting, the root inode (and the trash inode when ``TrashDays > 0``)
+        and the six counters of a fresh volume. Like ``juicefs format``, no ``jfs_dir_stats``
+        row: a directory's row is created by its first change, starting from zero.
+        """
+        with self.transaction(write=True) as txn:
+            if self._conn.execute(_SCHEMA_OBJECT_COUNT).fetchone()[0]:
+                raise MetaStoreError(
+                    f"{self._db_path} already holds tables; format needs an empty database"
+                )
+            for statement in JUICEFS_SCHEMA:
+                self._conn.execute(statement)
+            self._conn.execute(_SET_FORMAT, (fmt.to_json(),))
+            root = Attr(
+                type=TYPE_DIRECTORY, mode=0o777, uid=0, gid=0,
+                atime_ns=now_ns, mtime_ns=now_ns, ctime_ns=now_ns,
+                nlink=2, length=DIR_LENGTH, parent=ROOT_INODE,
+            )  # fmt: skip
+            txn.set_attr(ROOT_INODE, root)
+            if fmt.TrashDays > 0:
+                trash = root.copy()
+                trash.mode = 0o555
+                txn.set_attr(TRASH_INODE, trash)
+            for name, value in FORMAT_COUNTERS:
+                txn.set_counter(name, value)
+
+    def load_format(self) -> Format:
+        """The stored Format; VolumeIndexCorrupt when the row is missing or not a Format."""
+        text = self._stored_format()
+        if text is None:
+            raise VolumeIndexCorrupt(
+                f"{self._db_path} is not a formatted volume index: it has no jfs_setting row "
+                f"'format'"
+            )
+        try:
+            return Format.from_json(text)
+        except (ValueError, TypeError) as exc:
+            raise VolumeIndexCorrupt(
+                f"the format setting in {self._db_path} is not a valid Format JSON object: {exc}"
+            ) from exc
+
+    def save_format(self, fmt: Format) -> None:
+        """Replace the stored Format (written exactly as JuiceFS writes it)."""
+        with self.transaction(write=True):
+            self._conn.execute(_SET_FORMAT, (fmt.to_json(),))
+
+    def _stored_format(self) -> str | bytes | None:
+        with self.transaction():
+            if self._conn.execute(_HAS_SETTING_TABLE).fetchone() is None:
+                return None
+            row = self._conn.execute(_GET_FORMAT).fetchone()
+        return None if row is None else row[0]
+
+    # ------------------------------------------------------------------ transactions
+
+    def transaction(self, write: bool = False) -> SQLiteTxn:
+        """A transaction: committed when the block exits normally, rolled back on an exception.
+
+        Transactions do not nest. SQLite errors leaving the block become
+        :class:`~volume.errors.MetaStoreError` (:class:`~volume.errors.VolumeIndexCorrupt` for a
+        damaged file); a write transaction on a read-only store, or a write method inside a read
+        transaction, raises :class:`~volume.errors.VolumeReadOnly`.
+        """
+        if write and self._read_only:
+            raise VolumeReadOnly(
+                f"the metadata store {self._db_path} was opened read-only; open it writable to "
+                f"change it"
+            )
+        return SQLiteTxn(self._conn, self._lock, self._db_path, write)
+
+    # ------------------------------------------------------------------ snapshots
+
+    def snapshot(self, dest: str | Path) -> int:
+        """Copy the database consistently into the single file ``dest``; returns its size.
+
+        SQLite's online backup copies every page (so ``sqlite_master`` keeps the exact DDL text
+        and order, which ``VACUUM INTO`` would reorder). The copy is then switched to
+        rollback-journal mode: one self-contained file, no ``-wal``/``-shm`` needed to open it.
+        It is fsynced and renamed into place, so ``dest`` is never a partial file.
+        """
+        dest = Path(dest)
+        part = dest.with_name(dest.name + ".part")
+        _remove_database(part)
+        try:
+            with self._lock:
+                if self._conn.in_transaction:
+                    raise MetaStoreError(
+                        "a snapshot cannot be taken inside a transaction; take it after the "
+                        "transaction ends"
+                    )
+                with closing(sqlite3.connect(part)) as target:
+                    self._conn.backup(target)
+            _use_rollback_journal(part)
+            _fsync(part)
+            os.replace(part, dest)
+        except sqlite3.Error as exc:
+            _remove_database(part)
+            raise translate_error(exc, self._db_path) from exc
+        except BaseException:
+            _remove_database(part)
+            raise
+        return dest.stat().st_size
+
+    def close(self) -> None:
+        """Close the connection (a writable store checkpoints and removes its WAL file)."""
+        with self._lock:
+            self._conn.close()
+
+    def __repr__(self) -> str:
+        mode = "read-only" if self._read_only else "writable"
+        return f"{type(self).__name__}({str(self._db_path)!r}, {mode})"
+
+
+# --------------------------------------------------------------------------- file helpers
+
+
+def _read_only_uri(db_path: Path) -> str:
+    """The SQLite URI for opening ``db_path`` without writing anything beside or into it."""
+    uri = db_path.resolve().as_uri() + "?mode=ro"
+    with open(db_path, "rb") as f:
+        header = f.read(_HEADER_SIZE)
+    wal_mode = header[18:20] == _WAL_HEADER_BYTES
+    if wal_mode and not Path(f"{db_path}-wal").exists():
+        # Nobody has the file open (the last connection removes the WAL), and a committed index
+        # is never written again; without immutable=1 SQLite would create -wal and -shm here.
+        uri += "&immutable=1"
+    return uri
+
+
+def _check_sqlite_header(path: Path) -> None:
+    """Raise VolumeIndexCorrupt unless ``path`` starts like a complete SQLite database."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            header = f.read(_HEADER_SIZE)
+    except FileNotFoundError as exc:
+        raise VolumeIndexCorrupt(f"the index file {path} does not exist") from exc
+    if len(header) < _HEADER_SIZE or not header.startswith(_SQLITE_MAGIC):
+        raise VolumeIndexCorrupt(
+            f"{path} is not a SQLite database ({size} bytes without a SQLite header); it is "
+            f"empty, truncated or another kind of file"
+        )
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size  # 1 encodes 64 KiB
+    if page_size < 512 or page_size & (page_size - 1):
+        raise VolumeIndexCorrupt(f"{path} has an invalid SQLite page size {page_size}")
+    page_count = int.from_bytes(header[28:32], "big")
+    # the page count is trustworthy when "version-valid-for" equals the change counter
+    if header[24:28] == header[92:96] and size < page_count * page_size:
+        raise VolumeIndexCorrupt(
+            f"{path} is truncated: {size} bytes, but its header counts {page_count} pages of "
+            f"{page_size} bytes"
+        )
+
+
+def _use_rollback_journal(path: Path) -> None:
+    """Switch a database file we own to rollback-journal mode (a no-op when it already is)."""
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute(_TO_ROLLBACK_JOURNAL)
+
+
+def _remove_side_files(path: Path) -> None:
+    """Remove the journal, WAL and shared-memory files of a database."""
+    for suffix in _SIDE_FILE_SUFFIXES:
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def _remove_database(path: Path) -> None:
+    """Remove a database file and its side files."""
+    path.unlink(missing_ok=True)
+    _remove_side_files(path)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
