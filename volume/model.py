@@ -38,7 +38,7 @@ from pydantic_core import ErrorDetails
 from typing_extensions import Self
 
 from . import plugins
-from .errors import VolumeValidationError
+from .errors import VolumeNotMounted, VolumeValidationError
 from .juicefs import VOLUME_NAME_RULE, is_valid_volume_name
 
 if TYPE_CHECKING:
@@ -171,14 +171,6 @@ def _describe_error(err: ErrorDetails) -> str:
     message = str(own) if isinstance(own, VolumeValidationError) else err["msg"]
     where = ".".join(map(str, err["loc"]))
     return f"{where}: {message}" if where else message
-
-
-def _not_implemented(method: str, layer: str) -> NotImplementedError:
-    return NotImplementedError(f"{method} needs {layer}, which is not implemented yet")
-
-
-_LIFECYCLE = "the lifecycle layer (volume.lifecycle)"
-_MOUNT = "the mount layer (volume.mount)"
 
 
 # --------------------------------------------------------------------------- models
@@ -346,8 +338,14 @@ class Volume(_Model):
         region: Optional[str] = None,
         metadata_store_type: Optional[str] = None,
     ) -> Volume:
-        """Declare a brand-new, empty volume; its first mount formats it."""
-        raise _not_implemented("Volume.empty", _LIFECYCLE)
+        """Declare a brand-new, empty volume; its first mount formats it. No I/O.
+
+        ``bucket`` defaults to ``$UNION_VOLUME_BUCKET``; ``metadata_store_type`` to
+        ``$UNION_VOLUME_METADATA_STORE``, else ``sqlite``.
+        """
+        from . import lifecycle
+
+        return lifecycle.declare(Volume, name, bucket, storage, region, metadata_store_type)
 
     @classmethod
     def new(
@@ -358,13 +356,22 @@ class Volume(_Model):
         region: Optional[str] = None,
         metadata_store_type: Optional[str] = None,
     ) -> RWVolume:
-        """Declare a brand-new volume as a writable working copy (a name is chosen if omitted)."""
-        raise _not_implemented("Volume.new", _LIFECYCLE)
+        """Declare a brand-new volume as a writable working copy (``vol-<8 hex>`` if unnamed).
+
+        No I/O; defaults as in :meth:`empty`.
+        """
+        from . import lifecycle
+
+        return lifecycle.declare(
+            RWVolume, name or lifecycle.auto_name(), bucket, storage, region, metadata_store_type
+        )
 
     @classmethod
     def from_locator(cls, uri: str) -> ROVolume:
         """Load the committed version whose version document (locator) is at ``uri``."""
-        raise _not_implemented("Volume.from_locator", _LIFECYCLE)
+        from . import lifecycle
+
+        return lifecycle.from_locator(uri)
 
     def commit(
         self,
@@ -382,7 +389,9 @@ class Volume(_Model):
             DeprecationWarning,
             stacklevel=2,
         )
-        raise _not_implemented("Volume.commit", _LIFECYCLE)
+        from . import lifecycle
+
+        return lifecycle.finalize(self, message, timeout)  # type: ignore[arg-type]
 
     def migrate_metadata_store_type(
         self,
@@ -390,8 +399,13 @@ class Volume(_Model):
         meta_dir: PathArg = None,
         new_meta_dir: PathArg = None,
     ) -> Volume:
-        """Re-host this version's metadata on another store type, touching no data block."""
-        raise _not_implemented("Volume.migrate_metadata_store_type", _LIFECYCLE)
+        """Re-host this version's metadata on another store type, touching no data block.
+
+        Returns the new version (an :class:`ROVolume`) whose parent is this one.
+        """
+        from . import lifecycle
+
+        return lifecycle.migrate(self, new_metadata_store_type, meta_dir, new_meta_dir)
 
 
 class _MountableVolume(Volume):
@@ -400,20 +414,42 @@ class _MountableVolume(Volume):
     # the live mount this handle owns; private so the JSON stays the document
     _mount: Any = PrivateAttr(default=None)
 
+    # a fork's prepared metadata directory, handed to the first mount when none is given
+    _staged_meta_dir: Any = PrivateAttr(default=None)
+
     def unmount(self) -> None:
-        """Unmount this handle's mount."""
-        raise _not_implemented(f"{type(self).__name__}.unmount", _MOUNT)
+        """Release this handle's mount (a writable one abandons unpublished work, loudly)."""
+        from . import lifecycle
+
+        lifecycle.unmount(self)
+
+    @property
+    def mounted(self) -> bool:
+        """Whether this handle currently owns a mount."""
+        return self._mount is not None
 
     @property
     def fs(self) -> AbstractFileSystem:
         """The in-process (fsspec-compatible) file system of the mounted volume."""
-        raise _not_implemented(f"{type(self).__name__}.fs", _MOUNT)
+        if self._mount is None:
+            raise VolumeNotMounted(f"volume {self.name!r} is not mounted; call mount() first")
+        return self._mount.fs
+
+    def fork(self, name: str, meta_dir: PathArg = None, timeout: float = 60) -> RWVolume:
+        """A writable copy named ``name`` sharing every data block (metadata only).
+
+        A mounted :class:`RWVolume` is committed first (a live fork) and stays mounted.
+        """
+        from . import lifecycle
+
+        return lifecycle.fork(self, name, meta_dir, timeout)
 
     def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.unmount()
+        if self._mount is not None:
+            self.unmount()
 
 
 class ROVolume(_MountableVolume):
@@ -430,12 +466,11 @@ class ROVolume(_MountableVolume):
         dir_entry_cache: float = 1.0,
         transport: str = "auto",
     ) -> ROVolume:
-        """Mount this version read-only (``transport``: "auto", "fuse" or "none")."""
-        raise _not_implemented("ROVolume.mount", _MOUNT)
+        """Mount this version read-only (``transport``: "auto", "fuse" or "none"); returns self."""
+        from . import lifecycle
 
-    def fork(self, name: str, meta_dir: PathArg = None, timeout: float = 60) -> RWVolume:
-        """A writable copy named ``name`` that shares every data block with this version."""
-        raise _not_implemented("ROVolume.fork", _LIFECYCLE)
+        self._mount = lifecycle.mount_ro(self, mount_path, meta_dir, cache_dir, transport)
+        return self
 
 
 class RWVolume(_MountableVolume):
@@ -455,14 +490,31 @@ class RWVolume(_MountableVolume):
         buffer_size_mb: int = 300,
         transport: str = "auto",
     ) -> RWVolume:
-        """Mount this working copy read-write (``transport``: "auto", "fuse" or "none")."""
-        raise _not_implemented("RWVolume.mount", _MOUNT)
+        """Mount this working copy read-write (``transport``: "auto", "fuse" or "none").
+
+        The first mount of a never-committed volume formats it; later mounts continue from its
+        index in a slice domain of their own. Returns self.
+        """
+        from . import lifecycle
+
+        self._mount = lifecycle.mount_rw(
+            self, mount_path, meta_dir, cache_dir, transport,
+            upload_workers=upload_workers, buffer_bytes=buffer_size_mb << 20,
+        )  # fmt: skip
+        return self
 
     # The seed API gives RWVolume.commit its own signature; Volume.commit is the deprecated form.
     def commit(self, message: Optional[str] = None) -> ROVolume:  # type: ignore[override]
-        """Snapshot the mounted working copy as a new version; it stays mounted."""
-        raise _not_implemented("RWVolume.commit", _LIFECYCLE)
+        """Snapshot the mounted working copy as a new version; it stays mounted and writable.
+
+        Each commit's parent is the previous commit of this handle.
+        """
+        from . import lifecycle
+
+        return lifecycle.commit(self, message)
 
     def finalize(self, message: Optional[str] = None, timeout: float = 60) -> ROVolume:
         """Drain uploads, snapshot as a new version and unmount."""
-        raise _not_implemented("RWVolume.finalize", _LIFECYCLE)
+        from . import lifecycle
+
+        return lifecycle.finalize(self, message, timeout)

@@ -156,6 +156,8 @@ class Engine:
         self._inode_ids = (0, 0)  # [next, limit) of the current batch
         self._slice_ids = (0, 0)
         self._closed = False
+        #: set by every metadata write; the lifecycle clears it when it publishes a snapshot
+        self.modified = False
 
     def _check_format_supported(self) -> None:
         fmt = self.fmt
@@ -175,8 +177,10 @@ class Engine:
     # ================================================================== helpers
 
     def _txn(self, write: bool = False):
-        if write and self.read_only:
-            raise fs_error(errno.EROFS)
+        if write:
+            if self.read_only:
+                raise fs_error(errno.EROFS)
+            self.modified = True
         return self.meta.transaction(write=write)
 
     def _read(self, fn: Callable[[MetaTxn], T]) -> T:
@@ -416,6 +420,7 @@ class Engine:
 
     def mkdir(self, parent: int, name: bytes, mode: int, caller: Caller = ROOT) -> tuple[int, Attr]:
         """Create a directory (``mode`` already has the umask applied)."""
+        mode &= 0o777 | stat.S_ISVTX  # mkdir(2) ignores setuid/setgid (setgid is inherited)
         return self._create_node(parent, name, TYPE_DIRECTORY, mode, caller)
 
     def mknod(
@@ -459,11 +464,11 @@ class Engine:
         self._flush_inode(ino)
         with self._txn(write=True) as tx:
             attr = self._attr(tx, ino)
-            if attr.type == TYPE_DIRECTORY:
-                raise fs_error(errno.EPERM)
             pattr = self._dir(tx, parent, caller, W_OK | X_OK)
             if tx.lookup(parent, name) is not None:
-                raise fs_error(errno.EEXIST, name)
+                raise fs_error(errno.EEXIST, name)  # before EPERM for a directory, as Linux
+            if attr.type == TYPE_DIRECTORY:
+                raise fs_error(errno.EPERM)
             now = time.time_ns()
             tx.add_entry(parent, name, ino, attr.type)
             attr.nlink += 1
@@ -684,6 +689,7 @@ class Engine:
 
     def getxattr(self, ino: int, name: str) -> bytes:
         """Value of an extended attribute (ENODATA when absent)."""
+        check_xattr_name(name)
 
         def run(tx: MetaTxn) -> bytes:
             self._attr(tx, ino)
@@ -1008,13 +1014,17 @@ class Engine:
         self.flush_all()
         self.blocks.drain(timeout)
 
-    def close(self) -> None:
-        """Flush, drain and release the block store (the metadata store stays open)."""
+    def close(self, *, drain: bool = True) -> None:
+        """Release the block store (the metadata store stays open).
+
+        With ``drain`` (the default) buffered writes are published and every block is stored
+        first; without it unpublished work is abandoned.
+        """
         if self._closed:
             return
         try:
-            if not self.read_only:
+            if drain and not self.read_only:
                 self.drain()
         finally:
             self._closed = True
-            self.blocks.close()
+            self.blocks.close(wait=drain)

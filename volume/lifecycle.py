@@ -1,0 +1,680 @@
+"""The verbs: declare, mount, commit, finalize, fork, migrate, and loading versions back.
+
+Bucket layout (``spec/bucket-layout.md``), below the volume family's Format ``Name``:
+
+* ``chunks/...`` and ``juicefs_uuid``: JuiceFS's own objects;
+* ``_volume/domains/<d>``: the slice-domain ledger (``volume.allocator``);
+* ``_volume/versions/<version>/<index file>``: a committed index (metadata snapshot);
+* ``_volume/versions/<version>/volume.json``: its version document, the ``locator``.
+
+Publishing follows DESIGN §4: flush -> drain -> snapshot -> drain what the snapshot references
+-> upload the index (put-if-absent) -> write the version document -> return the ``ROVolume``.
+Nothing is published before every block it references exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Optional, TypeVar
+
+from . import plugins
+from .allocator import advance_counters, claim_domain, enter_domain
+from .engine import Engine, PathFS, format_volume, new_format
+from .errors import (
+    ObjectNotFound,
+    VolumeAlreadyMounted,
+    VolumeIndexCorrupt,
+    VolumeMigrateNoop,
+    VolumeMountError,
+    VolumeNoIndex,
+    VolumeNotForkable,
+    VolumeNotMounted,
+    VolumeStoreMismatch,
+    VolumeUsageError,
+)
+from .juicefs import COUNTER_TOTAL_INODES, COUNTER_USED_SPACE
+from .lineage import current_action
+from .stores import MetaStore, ObjectStore
+
+if TYPE_CHECKING:
+    from .model import ActionRef, File, ROVolume, RWVolume, Volume
+
+log = logging.getLogger("volume.lifecycle")
+
+ENV_BUCKET = "UNION_VOLUME_BUCKET"
+ENV_METADATA_STORE = "UNION_VOLUME_METADATA_STORE"
+ENV_SINGLE_WRITER = "UNION_VOLUME_SINGLE_WRITER"
+DEFAULT_METADATA_STORE = "sqlite"
+VERSION_DOCUMENT = "volume.json"
+LOCK_FILE = ".volume.lock"
+MARKER_FILE = ".volume-index.json"
+TRANSPORTS = ("auto", "fuse", "none")
+
+V = TypeVar("V", bound="Volume")
+
+
+# =========================================================================== declaring
+
+
+def declare(
+    cls: type[V],
+    name: str,
+    bucket: Optional[str],
+    storage: Optional[str],
+    region: Optional[str],
+    metadata_store_type: Optional[str],
+) -> V:
+    """A volume handle with the defaults filled in; no I/O."""
+    bucket = bucket or os.environ.get(ENV_BUCKET)
+    if not bucket:
+        raise VolumeUsageError(
+            f"no bucket for volume {name!r}: pass bucket=... (a directory, s3://..., gs://..., "
+            f"abfs://...) or set ${ENV_BUCKET}"
+        )
+    store_type = metadata_store_type or os.environ.get(ENV_METADATA_STORE) or DEFAULT_METADATA_STORE
+    return cls.parse(
+        {
+            "name": name,
+            "bucket": bucket,
+            "storage": storage,
+            "region": region,
+            "metadata_store_type": store_type,
+        }
+    )
+
+
+def auto_name() -> str:
+    """A fresh volume name: ``vol-<8 hex>``."""
+    return f"vol-{secrets.token_hex(4)}"
+
+
+# =========================================================================== stores
+
+
+def object_store(volume: "Volume") -> ObjectStore:
+    """The object store holding the volume's bucket (region from the volume or AWS_* env)."""
+    cls = plugins.object_store_class(volume.storage)
+    region = volume.region
+    if region is None and volume.storage == "s3":
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    return cls.from_uri(volume.bucket, region=region)
+
+
+def _meta_class(volume: "Volume") -> type[MetaStore]:
+    return plugins.meta_store_class(volume.metadata_store_type or DEFAULT_METADATA_STORE)
+
+
+def _format_bucket(objects: ObjectStore) -> str:
+    """The Format ``Bucket`` JuiceFS expects (for ``file``: an absolute path ending in ``/``)."""
+    uri = objects.uri
+    if uri.startswith("file://"):
+        uri = uri[len("file://") :]
+    return uri if uri.endswith("/") else uri + "/"
+
+
+def _uri(objects: ObjectStore, key: str) -> str:
+    return f"{objects.uri.rstrip('/')}/{key}"
+
+
+def _key_of(objects: ObjectStore, uri: str) -> str:
+    root = objects.uri.rstrip("/") + "/"
+    if not uri.startswith(root):
+        raise VolumeIndexCorrupt(
+            f"index {uri!r} is not inside the volume's bucket {objects.uri!r}; the volume document "
+            f"is inconsistent"
+        )
+    return uri[len(root) :]
+
+
+# =========================================================================== meta dirs
+
+
+@dataclass
+class MetaDir:
+    """A local metadata directory held exclusively (flock) while a mount or fork uses it."""
+
+    path: Path
+    owned: bool  # created here, removed on release
+    lock_fd: int
+
+    @classmethod
+    def acquire(cls, meta_dir: Optional[os.PathLike | str], volume_name: str) -> "MetaDir":
+        """Lock ``meta_dir`` (a new temporary directory when None)."""
+        if meta_dir is None:
+            path, owned = Path(tempfile.mkdtemp(prefix=f"volume-{volume_name}-")), True
+        else:
+            path, owned = Path(meta_dir).expanduser().resolve(), False
+            if path.exists() and not path.is_dir():
+                raise VolumeUsageError(f"meta_dir {path} is a file; pass a directory")
+            path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise VolumeAlreadyMounted(
+                f"meta_dir {path} is in use by another mount or fork; unmount that one first or "
+                f"pass another meta_dir"
+            ) from None
+        return cls(path, owned, fd)
+
+    def marker(self) -> dict[str, Any] | None:
+        """What the directory holds, as recorded after the last complete preparation."""
+        try:
+            return json.loads((self.path / MARKER_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def set_marker(self, **fields: Any) -> None:
+        tmp = self.path / f"{MARKER_FILE}.tmp"
+        tmp.write_text(json.dumps(fields))
+        tmp.replace(self.path / MARKER_FILE)
+
+    def clear(self, store_cls: type[MetaStore]) -> None:
+        """Forget the store kept here (the marker first, so a crash leaves nothing trusted)."""
+        (self.path / MARKER_FILE).unlink(missing_ok=True)
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            (self.path / f"{store_cls.index_filename}{suffix}").unlink(missing_ok=True)
+        others = [p.name for p in self.path.iterdir() if p.name not in (LOCK_FILE,)]
+        if others and not self.owned:
+            raise VolumeStoreMismatch(
+                f"meta_dir {self.path} holds files of another store or tool ({', '.join(others)}); "
+                f"pass an empty directory"
+            )
+
+    def release(self) -> None:
+        """Unlock (and remove the directory when it was created here)."""
+        if self.lock_fd < 0:
+            return
+        os.close(self.lock_fd)
+        self.lock_fd = -1
+        if self.owned:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return f"sha256:{h.hexdigest()}"
+
+
+def _stage_index(volume: "Volume", objects: ObjectStore, md: MetaDir, *, purpose: str) -> None:
+    """Make ``md`` hold the volume's committed index, reusing a pristine local copy."""
+    index = volume.index
+    assert index is not None
+    store_cls = _meta_class(volume)
+    if index.format and index.format != store_cls.name:
+        raise VolumeStoreMismatch(
+            f"volume {volume.name!r} says metadata_store_type={store_cls.name!r} but its index "
+            f"{index.path} is a {index.format!r} index; fix the volume document or migrate it"
+        )
+    local = md.path / store_cls.index_filename
+    marker = md.marker()
+    if (
+        purpose == "read"
+        and marker is not None
+        and marker.get("state") == "pristine"
+        and marker.get("path") == index.path
+        and local.exists()
+        and marker.get("size") == local.stat().st_size
+    ):
+        return
+    if marker is not None and marker.get("store") not in (None, store_cls.name):
+        raise VolumeStoreMismatch(
+            f"meta_dir {md.path} holds a {marker.get('store')!r} store, but volume "
+            f"{volume.name!r} uses {store_cls.name!r}; pass another meta_dir"
+        )
+    md.clear(store_cls)
+    download = md.path / f".download-{secrets.token_hex(4)}"
+    try:
+        try:
+            objects.get_file(_key_of(objects, index.path), download)
+        except ObjectNotFound as exc:
+            raise VolumeIndexCorrupt(
+                f"the index {index.path} of volume {volume.name!r} does not exist; the version "
+                f"was never published completely or was deleted"
+            ) from exc
+        if index.hash and _sha256(download) != index.hash:
+            raise VolumeIndexCorrupt(
+                f"the index {index.path} does not match its recorded hash {index.hash}; it is "
+                f"corrupt or was replaced"
+            )
+        store_cls.restore(download, md.path)
+    finally:
+        download.unlink(missing_ok=True)
+    md.set_marker(
+        path=index.path, size=local.stat().st_size, store=store_cls.name, state="pristine"
+    )
+
+
+# =========================================================================== mounts
+
+
+@dataclass
+class Mount:
+    """A live mount owned by one handle."""
+
+    volume_name: str
+    writable: bool
+    objects: ObjectStore
+    meta: MetaStore
+    engine: Engine
+    meta_dir: MetaDir
+    transport: str
+    mount_path: Optional[Path]
+    last_commit: Optional["ActionRef"] = None
+    _fs: Any = field(default=None, repr=False)
+
+    @property
+    def pathfs(self) -> PathFS:
+        """``os``-style access to the mounted volume."""
+        return PathFS(self.engine)
+
+    @property
+    def fs(self) -> Any:
+        """The fsspec-compatible filesystem of the mount."""
+        if self._fs is None:
+            from .fsspec import VolumeFileSystem
+
+            self._fs = VolumeFileSystem(PathFS(self.engine), read_only=not self.writable)
+        return self._fs
+
+    def close(self, *, drain: bool) -> None:
+        """Stop the engine and release the store, the meta dir and the object store."""
+        try:
+            self.engine.close(drain=drain)
+        finally:
+            self.meta.close()
+            self.meta_dir.release()
+            self.objects.close()
+
+
+def _pick_transport(transport: str) -> str:
+    if transport not in TRANSPORTS:
+        raise VolumeUsageError(
+            f"unknown transport {transport!r}; use one of {', '.join(TRANSPORTS)}"
+        )
+    if transport == "fuse":
+        raise VolumeMountError(
+            "the FUSE transport is not available in this version; mount with transport='none' "
+            "and use the volume's fs"
+        )
+    if transport == "auto":
+        warnings.warn(
+            "kernel (FUSE) mounts are not available in this version; the volume is mounted "
+            "in-process: use its .fs",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    return "none"
+
+
+def mount_ro(
+    volume: "ROVolume",
+    mount_path: Optional[os.PathLike | str],
+    meta_dir: Optional[os.PathLike | str],
+    cache_dir: Optional[os.PathLike | str],
+    transport: str,
+) -> Mount:
+    """Mount a committed version read-only."""
+    if volume._mount is not None:
+        raise VolumeAlreadyMounted(f"volume {volume.name!r} is already mounted by this handle")
+    if volume.index is None:
+        raise VolumeNoIndex(
+            f"volume {volume.name!r} has never been committed, so there is nothing to mount "
+            f"read-only; mount it as an RWVolume (volume.as_rw().mount()) to create it"
+        )
+    chosen = _pick_transport(transport)
+    objects = object_store(volume)
+    md = MetaDir.acquire(meta_dir, volume.name)
+    try:
+        _stage_index(volume, objects, md, purpose="read")
+        meta = _meta_class(volume).open(md.path, read_only=True)
+        try:
+            engine = Engine(meta, objects, read_only=True)
+        except BaseException:
+            meta.close()
+            raise
+    except BaseException:
+        md.release()
+        objects.close()
+        raise
+    return Mount(volume.name, False, objects, meta, engine, md, chosen, _path(mount_path))
+
+
+def _path(p: Optional[os.PathLike | str]) -> Optional[Path]:
+    return None if p is None else Path(p)
+
+
+def mount_rw(
+    volume: "RWVolume",
+    mount_path: Optional[os.PathLike | str],
+    meta_dir: Optional[os.PathLike | str],
+    cache_dir: Optional[os.PathLike | str],
+    transport: str,
+    *,
+    upload_workers: int = 8,
+    buffer_bytes: int = 300 << 20,
+) -> Mount:
+    """Mount a working copy: format it on first use, or continue from its index in a new domain."""
+    if volume._mount is not None:
+        raise VolumeAlreadyMounted(f"volume {volume.name!r} is already mounted by this handle")
+    chosen = _pick_transport(transport)
+    objects = object_store(volume)
+    if not objects.capabilities.conditional_put and os.environ.get(ENV_SINGLE_WRITER) != "1":
+        objects.close()
+        raise VolumeMountError(
+            f"the {volume.storage!r} store cannot do conditional writes, so two writers could "
+            f"overwrite each other's blocks; writable mounts are refused on it unless you set "
+            f"{ENV_SINGLE_WRITER}=1 and guarantee a single writer"
+        )
+    staged = volume._staged_meta_dir
+    md = MetaDir.acquire(meta_dir if meta_dir is not None else staged, volume.name)
+    if meta_dir is None and staged is not None:
+        md.owned = True  # the fork's temporary dir now belongs to this mount
+        volume._staged_meta_dir = None
+    store_cls = _meta_class(volume)
+    try:
+        marker = md.marker()
+        if volume.index is None:
+            md.clear(store_cls)
+            meta = store_cls.open(md.path)
+            fs_name = volume.name
+            try:
+                fmt = new_format(fs_name, storage=volume.storage, bucket=_format_bucket(objects))
+                format_volume(meta, objects, fmt)
+            except BaseException:
+                meta.close()
+                md.clear(store_cls)
+                raise
+            domain = claim_domain(objects, fs_name, volume.name)
+        elif (
+            marker is not None
+            and marker.get("state") == "forked"
+            and marker.get("path") == volume.index.path
+        ):
+            meta = store_cls.open(md.path)
+            domain = int(marker["domain"])
+        else:
+            _stage_index(volume, objects, md, purpose="write")
+            meta = store_cls.open(md.path)
+            domain = claim_domain(objects, meta.load_format().Name, volume.name)
+        md.set_marker(store=store_cls.name, state="in-use", domain=domain)
+        with meta.transaction(write=True) as tx:
+            enter_domain(tx, domain)
+        engine = Engine(meta, objects, upload_workers=upload_workers, buffer_bytes=buffer_bytes)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            meta.close()  # type: ignore[possibly-undefined]
+        md.release()
+        objects.close()
+        raise
+    return Mount(volume.name, True, objects, meta, engine, md, chosen, _path(mount_path))
+
+
+def unmount(volume: "Volume") -> None:
+    """Release the handle's mount; a writable one abandons unpublished work, loudly."""
+    m: Optional[Mount] = volume._mount
+    if m is None:
+        raise VolumeNotMounted(f"volume {volume.name!r} is not mounted")
+    volume._mount = None
+    if m.writable and m.engine.modified:
+        warnings.warn(
+            f"unmounting RWVolume {volume.name!r} abandons the changes made since its last "
+            f"commit; call commit() or finalize() to keep them",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        log.warning("volume %s: unmounted with unpublished changes (abandoned)", volume.name)
+    m.close(drain=False)
+
+
+# =========================================================================== publishing
+
+
+def _version_id(name: str) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    return f"{stamp}-{name}-{secrets.token_hex(4)}"
+
+
+def publish(
+    volume: "Volume",
+    objects: ObjectStore,
+    meta: MetaStore,
+    *,
+    message: Optional[str],
+    parent: Optional["ActionRef"],
+    before_snapshot: Any = None,
+    after_snapshot: Any = None,
+) -> "ROVolume":
+    """Snapshot ``meta`` and publish it as a new version of ``volume`` (index, then document).
+
+    ``before_snapshot`` / ``after_snapshot`` are called around the snapshot (the commit drains
+    there); a failure in either publishes nothing.
+    """
+    from .model import File, ROVolume
+
+    fs_name = meta.load_format().Name
+    vid = _version_id(volume.name)
+    prefix = f"{fs_name}/_volume/versions/{vid}/"
+    store_cls = type(meta)
+    with tempfile.TemporaryDirectory(prefix="volume-snapshot-") as tmp:
+        snap = Path(tmp) / store_cls.index_filename
+        if before_snapshot is not None:
+            before_snapshot()
+        size = meta.snapshot(snap)
+        if after_snapshot is not None:
+            after_snapshot()
+        with meta.transaction() as tx:
+            used = tx.get_counter(COUNTER_USED_SPACE)
+            inodes = tx.get_counter(COUNTER_TOTAL_INODES)
+        index_key = prefix + store_cls.index_filename
+        objects.put_file(index_key, snap, if_absent=True)
+        index = File(
+            path=_uri(objects, index_key),
+            name=store_cls.index_filename,
+            format=store_cls.name,
+            hash=_sha256(snap),
+        )
+    produced_by = current_action().model_copy(
+        update={"locator": _uri(objects, prefix + VERSION_DOCUMENT)}
+    )
+    version = ROVolume(
+        name=volume.name,
+        bucket=volume.bucket,
+        storage=volume.storage,
+        region=volume.region,
+        index=index,
+        metadata_store_type=store_cls.name,
+        used_bytes=max(used, 0),
+        inode_count=max(inodes, 0),
+        index_bytes=size,
+        message=message,
+        produced_by=produced_by,
+        parent_produced_by=parent,
+    )
+    objects.put(
+        prefix + VERSION_DOCUMENT,
+        version.model_dump_json(indent=2).encode(),
+        if_absent=True,
+    )
+    return version
+
+
+def _mount_of(volume: "Volume", verb: str) -> Mount:
+    m: Optional[Mount] = getattr(volume, "_mount", None)
+    if m is None:
+        raise VolumeNotMounted(
+            f"cannot {verb} volume {volume.name!r}: it is not mounted (already finalized or "
+            f"unmounted); mount() it first"
+        )
+    return m
+
+
+def commit(volume: "RWVolume", message: Optional[str], timeout: Optional[float] = None) -> "ROVolume":
+    """Publish the mounted working copy as a new version; it stays mounted and writable."""
+    m = _mount_of(volume, "commit")
+    engine = m.engine
+
+    def drain() -> None:
+        engine.drain(timeout)
+
+    parent = m.last_commit or volume.parent_produced_by
+    version = publish(
+        volume, m.objects, m.meta, message=message, parent=parent,
+        before_snapshot=drain, after_snapshot=lambda: engine.blocks.drain(timeout),
+    )  # fmt: skip
+    engine.modified = False
+    m.last_commit = version.produced_by
+    volume.index = version.index
+    volume.used_bytes, volume.inode_count = version.used_bytes, version.inode_count
+    volume.index_bytes = version.index_bytes
+    return version
+
+
+def finalize(volume: "RWVolume", message: Optional[str], timeout: float) -> "ROVolume":
+    """Commit, then unmount."""
+    version = commit(volume, message, timeout)
+    m = volume._mount
+    volume._mount = None
+    m.close(drain=True)
+    return version
+
+
+# =========================================================================== fork and migrate
+
+
+def fork(
+    volume: "Volume", name: str, meta_dir: Optional[os.PathLike | str], timeout: float
+) -> "RWVolume":
+    """A writable copy sharing every block: metadata only (no block is read or written)."""
+    from .model import RWVolume
+
+    if getattr(getattr(volume, "_mount", None), "writable", False):
+        point = commit(volume, f"fork point of {name}", timeout)  # type: ignore[arg-type]
+        return fork(point, name, meta_dir, timeout)
+    if volume.index is None:
+        raise VolumeNotForkable(
+            f"volume {volume.name!r} has no committed index to fork from; commit or finalize it "
+            f"first"
+        )
+    child = RWVolume.parse(
+        {
+            **volume.model_dump(exclude={"kind"}),
+            "name": name,
+            "message": None,
+            "produced_by": current_action().model_dump(),
+            "parent_produced_by": volume.produced_by.model_dump() if volume.produced_by else None,
+        }
+    )
+    objects = object_store(volume)
+    md = MetaDir.acquire(meta_dir, name)
+    try:
+        _stage_index(volume, objects, md, purpose="write")
+        md.set_marker(store=_meta_class(volume).name, state="preparing")
+        with _meta_class(volume).open(md.path) as meta:
+            domain = claim_domain(objects, meta.load_format().Name, name)
+            with meta.transaction(write=True) as tx:
+                enter_domain(tx, domain)
+                advance_counters(tx)
+        md.set_marker(
+            path=volume.index.path, store=_meta_class(volume).name, state="forked", domain=domain
+        )
+    except BaseException:
+        md.owned = md.owned or meta_dir is None
+        md.release()
+        objects.close()
+        raise
+    objects.close()
+    owned = md.owned
+    md.owned = False  # keep the staged dir for the mount
+    md.release()
+    if owned:
+        child._staged_meta_dir = md.path
+    return child
+
+
+def migrate(
+    volume: "Volume",
+    new_type: str,
+    meta_dir: Optional[os.PathLike | str],
+    new_meta_dir: Optional[os.PathLike | str],
+) -> "ROVolume":
+    """Re-host the version's metadata on ``new_type`` (dump, load, advance counters, publish)."""
+    from . import index
+
+    current = volume.metadata_store_type or DEFAULT_METADATA_STORE
+    if new_type == current:
+        raise VolumeMigrateNoop(
+            f"volume {volume.name!r} already uses the {current!r} metadata store; nothing to do"
+        )
+    if volume.index is None:
+        raise VolumeNoIndex(
+            f"volume {volume.name!r} has never been committed, so it has no index to migrate; "
+            f"commit it first, or declare it with metadata_store_type={new_type!r}"
+        )
+    target_cls = plugins.meta_store_class(new_type)
+    objects = object_store(volume)
+    src_dir = MetaDir.acquire(meta_dir, volume.name)
+    dst_dir = MetaDir.acquire(new_meta_dir, f"{volume.name}-{new_type}")
+    try:
+        _stage_index(volume, objects, src_dir, purpose="read")
+        dst_dir.clear(target_cls)
+        with _meta_class(volume).open(src_dir.path, read_only=True) as src, target_cls.open(
+            dst_dir.path
+        ) as dst:
+            index.migrate(src, dst, tmp_dir=dst_dir.path)
+            with dst.transaction(write=True) as tx:
+                advance_counters(tx)
+            return publish(
+                volume.model_copy(update={"metadata_store_type": new_type}),
+                objects,
+                dst,
+                message=volume.message,
+                parent=volume.produced_by,
+            )
+    finally:
+        dst_dir.clear(target_cls) if dst_dir.owned else None
+        dst_dir.release()
+        src_dir.release()
+        objects.close()
+
+
+# =========================================================================== loading versions
+
+
+def from_locator(uri: str) -> "ROVolume":
+    """The version whose document is at ``uri``."""
+    import fsspec
+
+    from .model import ROVolume
+
+    try:
+        with fsspec.open(uri, "rb") as f:
+            data = f.read()
+    except FileNotFoundError as exc:
+        raise VolumeIndexCorrupt(f"no version document at {uri!r}") from exc
+    return ROVolume.parse(data)
+
+
+@contextlib.contextmanager
+def timed(what: str) -> Iterator[None]:
+    """Log how long a verb took."""
+    start = time.perf_counter()
+    yield
+    log.info("%s took %.3f s", what, time.perf_counter() - start)
