@@ -616,8 +616,6 @@ def migrate(
     new_meta_dir: Optional[os.PathLike | str],
 ) -> "ROVolume":
     """Re-host the version's metadata on ``new_type`` (dump, load, advance counters, publish)."""
-    from . import index
-
     current = volume.metadata_store_type or DEFAULT_METADATA_STORE
     if new_type == current:
         raise VolumeMigrateNoop(
@@ -628,6 +626,8 @@ def migrate(
             f"volume {volume.name!r} has never been committed, so it has no index to migrate; "
             f"commit it first, or declare it with metadata_store_type={new_type!r}"
         )
+    from . import index
+
     target_cls = plugins.meta_store_class(new_type)
     objects = object_store(volume)
     src_dir = MetaDir.acquire(meta_dir, volume.name)

@@ -125,6 +125,11 @@ class MemoryObjectStore(ObjectStore):
         with self._state.lock:
             self._state.faults.setdefault(operation, deque()).extend([exc] * count)
 
+    def clear_faults(self) -> None:
+        """Drop every failure still queued by :meth:`fail_next`."""
+        with self._state.lock:
+            self._state.faults.clear()
+
     # ------------------------------------------------------------------ object operations
 
     def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:

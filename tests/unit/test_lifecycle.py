@@ -1,0 +1,358 @@
+"""The seed API end to end on the embedded defaults (local or in-memory bucket + SQLite)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import sqlite3
+import warnings
+from pathlib import Path
+
+import pytest
+
+from volume import ROVolume, RWVolume, Volume
+from volume.allocator import DOMAIN_BITS
+from volume.errors import (
+    VolumeAlreadyMounted,
+    VolumeBucketNotEmpty,
+    VolumeCommitError,
+    VolumeMigrateNoop,
+    VolumeNoIndex,
+    VolumeNotForkable,
+    VolumeNotMounted,
+    VolumeStoreMismatch,
+    VolumeUsageError,
+)
+from volume.lineage import action, walk
+from volume.testing.memory import MemoryObjectStore
+
+pytestmark = pytest.mark.filterwarnings("ignore:kernel \\(FUSE\\) mounts:RuntimeWarning")
+
+
+@pytest.fixture
+def bucket(tmp_path: Path) -> str:
+    return str(tmp_path / "bucket")
+
+
+@pytest.fixture
+def mem_bucket() -> str:
+    name = f"memory://lc-{secrets.token_hex(4)}"
+    yield name
+    MemoryObjectStore.reset(name[len("memory://") :])
+
+
+def memory_store(uri: str) -> MemoryObjectStore:
+    return MemoryObjectStore.from_uri(uri)
+
+
+def files(vol: Volume) -> dict[str, bytes]:
+    fs = vol._mount.pathfs
+    return {name: fs.read_bytes(f"/{name}") for name in sorted(fs.listdir("/"))}
+
+
+def write(vol: Volume, name: str, data: bytes) -> None:
+    vol._mount.pathfs.write_bytes(f"/{name}", data)
+
+
+def committed(bucket: str, name: str = "base", content: dict[str, bytes] | None = None) -> ROVolume:
+    rw = Volume.new(name, bucket=bucket).mount(transport="none")
+    for path, data in (content or {"a.txt": b"alpha"}).items():
+        write(rw, path, data)
+    return rw.finalize("base")
+
+
+# =========================================================================== declare
+
+
+def test_declare_does_no_io(tmp_path: Path) -> None:
+    bucket = tmp_path / "never-created"
+    vol = Volume.empty("decl", bucket=str(bucket))
+    rw = Volume.new(bucket=str(bucket))
+    assert not bucket.exists()
+    assert type(vol) is Volume and type(rw) is RWVolume
+    assert rw.name.startswith("vol-") and len(rw.name) == 12
+    assert vol.metadata_store_type == "sqlite" and vol.index is None
+
+
+def test_bucket_and_store_type_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UNION_VOLUME_BUCKET", "s3://from-env/prefix")
+    monkeypatch.setenv("UNION_VOLUME_METADATA_STORE", "redis")
+    vol = Volume.empty("envvol", region="eu-west-1")
+    assert (vol.bucket, vol.storage, vol.metadata_store_type) == ("s3://from-env/prefix", "s3", "redis")
+    assert vol.region == "eu-west-1"
+
+
+def test_missing_bucket_says_how_to_pass_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("UNION_VOLUME_BUCKET", raising=False)
+    with pytest.raises(VolumeUsageError, match="UNION_VOLUME_BUCKET") as err:
+        Volume.new("nobucket")
+    assert "bucket=" in str(err.value)
+
+
+# =========================================================================== mount
+
+
+def test_first_mount_formats_and_refuses_non_empty_prefix(bucket: str) -> None:
+    rw = Volume.new("fresh", bucket=bucket).mount(transport="none")
+    assert (Path(bucket) / "fresh" / "juicefs_uuid").read_text() == rw._mount.engine.fmt.UUID
+    rw.unmount()
+    again = Volume.new("fresh", bucket=bucket)
+    with pytest.raises(VolumeBucketNotEmpty, match="fresh/") as err:
+        again.mount(transport="none")
+    assert "choose another volume name" in str(err.value)
+    assert not again.mounted
+
+
+def test_meta_dir_cannot_be_mounted_twice(bucket: str, tmp_path: Path) -> None:
+    base = committed(bucket)
+    meta = tmp_path / "meta"
+    base.mount(meta_dir=meta, transport="none")
+    other = base.as_ro()
+    with pytest.raises(VolumeAlreadyMounted, match=str(meta)):
+        other.mount(meta_dir=meta, transport="none")
+    base.unmount()
+    other.mount(meta_dir=meta, transport="none")  # free again
+    other.unmount()
+
+
+def test_ro_mount_refuses_writes_and_needs_an_index(bucket: str) -> None:
+    base = committed(bucket)
+    with base.mount(transport="none") as ro:
+        with pytest.raises(OSError) as err:
+            write(ro, "new.txt", b"x")
+        assert err.value.errno == 30  # EROFS
+        for refused in (
+            lambda fs: fs.unlink("/a.txt"),
+            lambda fs: fs.mkdir("/d"),
+            lambda fs: fs.rename("/a.txt", "/b.txt"),
+            lambda fs: fs.chmod("/a.txt", 0o600),
+            lambda fs: fs.setxattr("/a.txt", "user.k", b"v"),
+            lambda fs: fs.truncate("/a.txt", 0),
+        ):
+            with pytest.raises(OSError) as err:
+                refused(ro._mount.pathfs)
+            assert err.value.errno == 30
+        assert files(ro) == {"a.txt": b"alpha"}
+    with pytest.raises(VolumeNoIndex):
+        Volume.empty("blank", bucket=bucket).as_ro().mount(transport="none")
+
+
+def test_ro_mount_reuses_a_matching_local_index(mem_bucket: str, tmp_path: Path) -> None:
+    base = committed(mem_bucket)
+    store = memory_store(mem_bucket)
+    meta = tmp_path / "meta"
+    base.mount(meta_dir=meta, transport="none").unmount()
+    before = store.stats.copy()
+    base.mount(meta_dir=meta, transport="none")
+    assert files(base) == {"a.txt": b"alpha"}
+    base.unmount()
+    moved = store.stats - before
+    assert moved.get_bytes < base.index_bytes  # the index was not downloaded again
+
+
+def test_store_type_mismatch_is_refused(bucket: str) -> None:
+    base = committed(bucket)
+    lying = base.model_copy(update={"index": base.index.model_copy(update={"format": "redis"})})
+    with pytest.raises(VolumeStoreMismatch, match="redis"):
+        lying.mount(transport="none")
+
+
+def test_unknown_transport_is_a_usage_error(bucket: str) -> None:
+    with pytest.raises(VolumeUsageError, match="transport"):
+        Volume.new("trans", bucket=bucket).mount(transport="nfs")
+    assert not (Path(bucket) / "trans").exists()
+
+
+# =========================================================================== commit
+
+
+def test_commit_is_keep_alive_and_chains(bucket: str) -> None:
+    rw = Volume.new("chain", bucket=bucket).mount(transport="none")
+    write(rw, "one", b"1")
+    c1 = rw.commit("c1")
+    write(rw, "two", b"2")
+    c2 = rw.commit("c2")
+    assert rw.mounted
+    c3 = rw.finalize("c3")
+    assert not rw.mounted
+    assert c1.parent_produced_by is None
+    assert c2.parent_produced_by == c1.produced_by
+    assert c3.parent_produced_by == c2.produced_by
+    assert [v.message for v in walk(c3)] == ["c2", "c1"]
+    with c1.mount(transport="none") as ro:
+        assert files(ro) == {"one": b"1"}
+    with pytest.raises(VolumeNotMounted):
+        rw.finalize()
+    with pytest.raises(VolumeNotMounted):
+        rw.commit()
+
+
+def test_version_document_is_the_volume_json(bucket: str) -> None:
+    base = committed(bucket)
+    doc = Path(base.produced_by.locator[len("file://") :])
+    assert json.loads(doc.read_text()) == json.loads(base.model_dump_json())
+    assert Volume.from_locator(base.produced_by.locator) == base
+    assert base.index.path.startswith(f"file://{bucket}/base/_volume/versions/")
+    assert base.index.hash.startswith("sha256:")
+    assert base.used_bytes == 8192 - 4096 and base.inode_count == 1
+    assert base.index_bytes == Path(base.index.path[len("file://") :]).stat().st_size
+
+
+def test_deprecated_commit_warns_and_finalizes(bucket: str) -> None:
+    rw = Volume.new("old", bucket=bucket).mount(transport="none")
+    write(rw, "f", b"x")
+    with pytest.warns(DeprecationWarning):
+        version = Volume.commit(rw, message="legacy")
+    assert version.message == "legacy" and not rw.mounted
+
+
+def test_unmount_abandons_loudly(bucket: str) -> None:
+    rw = Volume.new("abandon", bucket=bucket).mount(transport="none")
+    write(rw, "lost", b"x")
+    with pytest.warns(RuntimeWarning, match="abandons"):
+        rw.unmount()
+    versions = Path(bucket) / "abandon" / "_volume" / "versions"
+    assert not versions.exists()
+
+
+def test_failed_drain_publishes_nothing_and_keeps_the_mount(mem_bucket: str) -> None:
+    rw = Volume.new("flaky", bucket=mem_bucket).mount(transport="none")
+    store = memory_store(mem_bucket)
+    store.fail_next("put", OSError(5, "injected outage"), count=50)
+    write(rw, "data", b"x" * 1000)
+    with pytest.raises(VolumeCommitError, match="nothing was published"):
+        rw.commit("during outage")
+    assert not [o for o in store.list("flaky/_volume/versions/")]
+    assert rw.mounted and files(rw) == {"data": b"x" * 1000}
+    store.clear_faults()
+    version = rw.finalize("after outage")
+    with version.mount(transport="none") as ro:
+        assert files(ro) == {"data": b"x" * 1000}
+
+
+# =========================================================================== fork
+
+
+def test_fork_moves_no_block_bytes(mem_bucket: str) -> None:
+    base = committed(mem_bucket, content={"big": os.urandom(3 << 20), "small": b"s"})
+    store = memory_store(mem_bucket)
+    before = store.stats.copy()
+    child = base.fork("child")
+    moved = store.stats - before
+    assert moved.get_bytes == base.index_bytes  # the index, and not one block
+    assert moved.puts == 1 and moved.put_bytes < 1024  # the domain claim only
+    assert child.parent_produced_by == base.produced_by and child.index == base.index
+    child.mount(transport="none")
+    assert sorted(files(child)) == ["big", "small"]
+    assert (store.stats - before).put_bytes < 1024
+
+
+def test_fork_and_parent_are_isolated_both_ways(bucket: str) -> None:
+    base = committed(bucket)
+    left = base.fork("left").mount(transport="none")
+    right = base.fork("right").mount(transport="none")
+    write(left, "a.txt", b"left wins")
+    write(right, "r.txt", b"right only")
+    lv, rv = left.finalize("l"), right.finalize("r")
+    with base.mount(transport="none") as ro:
+        assert files(ro) == {"a.txt": b"alpha"}
+    with lv.mount(transport="none") as ro:
+        assert files(ro) == {"a.txt": b"left wins"}
+    with rv.mount(transport="none") as ro:
+        assert files(ro) == {"a.txt": b"alpha", "r.txt": b"right only"}
+
+
+def slice_ids(version: ROVolume) -> set[int]:
+    conn = sqlite3.connect(version.index.path[len("file://") :])
+    with conn:
+        return {r[0] for r in conn.execute("SELECT chunkid FROM jfs_chunk_ref")}
+
+
+def test_forks_allocate_in_disjoint_domains(bucket: str) -> None:
+    base = committed(bucket)
+    versions = []
+    for name in ("dom-1", "dom-2", "dom-3"):
+        rw = base.fork(name).mount(transport="none")
+        write(rw, f"{name}.bin", os.urandom(10_000))
+        versions.append(rw.finalize())
+    new_ids = [slice_ids(v) - slice_ids(base) for v in versions]
+    domains = [{i >> DOMAIN_BITS for i in ids} for ids in new_ids]
+    assert all(len(d) == 1 for d in domains)
+    assert len(set.union(*domains)) == 3  # three different lanes
+    ledger = sorted(p.name for p in (Path(bucket) / "base" / "_volume" / "domains").iterdir())
+    assert len(ledger) == 4  # the base's first mount and three forks
+
+
+def test_live_fork_keeps_the_parent_mounted(bucket: str) -> None:
+    rw = Volume.new("live", bucket=bucket).mount(transport="none")
+    write(rw, "x", b"1")
+    child = rw.fork("live-child")
+    assert rw.mounted
+    write(rw, "y", b"2")
+    child.mount(transport="none")
+    assert files(child) == {"x": b"1"}
+    child.unmount()
+    assert files(rw) == {"x": b"1", "y": b"2"}
+    rw.finalize()
+
+
+def test_fork_without_index_is_refused(bucket: str) -> None:
+    with pytest.raises(VolumeNotForkable, match="commit"):
+        Volume.empty("noidx", bucket=bucket).as_ro().fork("child")
+    assert not Path(bucket).exists()
+
+
+def test_two_mounts_of_one_fork_handle_use_different_domains(bucket: str) -> None:
+    base = committed(bucket)
+    handle = base.fork("twice")
+    doc = handle.model_dump_json()
+    a = RWVolume.model_validate_json(doc).mount(transport="none")
+    b = RWVolume.model_validate_json(doc).mount(transport="none")
+    write(a, "a", b"a" * 100)
+    write(b, "b", b"b" * 100)
+    va, vb = a.finalize(), b.finalize()
+    ids_a, ids_b = slice_ids(va) - slice_ids(base), slice_ids(vb) - slice_ids(base)
+    assert ids_a and ids_b and not ids_a & ids_b
+
+
+# =========================================================================== migrate
+
+
+def test_migrate_to_the_same_type_or_without_index(bucket: str) -> None:
+    base = committed(bucket)
+    with pytest.raises(VolumeMigrateNoop):
+        base.migrate_metadata_store_type("sqlite")
+    with pytest.raises(VolumeNoIndex):
+        Volume.empty("empty", bucket=bucket).migrate_metadata_store_type("redis")
+
+
+# =========================================================================== lineage
+
+
+def test_produced_by_defaults_to_this_process(bucket: str) -> None:
+    base = committed(bucket)
+    assert base.produced_by.name == f"process:{socket.gethostname()}"
+    with action("etl", project="p", domain="d"):
+        v = committed(bucket, "inside")
+    assert (v.produced_by.name, v.produced_by.project, v.produced_by.domain) == ("etl", "p", "d")
+    assert v.produced_by.locator.endswith("/volume.json")
+
+
+def test_walk_is_cycle_safe(tmp_path: Path) -> None:
+    docs = {name: tmp_path / f"{name}.json" for name in ("a", "b")}
+    for name, other in (("a", "b"), ("b", "a")):
+        vol = ROVolume(
+            name=f"cyc-{name}",
+            bucket=str(tmp_path),
+            produced_by={"name": name, "locator": f"file://{docs[name]}"},
+            parent_produced_by={"name": other, "locator": f"file://{docs[other]}"},
+        )
+        docs[name].write_text(vol.model_dump_json())
+    start = Volume.from_locator(f"file://{docs['a']}")
+    assert [v.name for v in walk(start)] == ["cyc-b"]
+
+
+def test_walk_stops_without_parent(bucket: str) -> None:
+    assert list(walk(committed(bucket))) == []
