@@ -356,3 +356,43 @@ def test_walk_is_cycle_safe(tmp_path: Path) -> None:
 
 def test_walk_stops_without_parent(bucket: str) -> None:
     assert list(walk(committed(bucket))) == []
+
+
+# =========================================================================== bucket layout (spec)
+
+LAYOUT = [
+    r"juicefs_uuid",
+    r"chunks/(\d+)/(\d+)/(\d+)_(\d+)_(\d+)",
+    r"_volume/domains/\d{7}",
+    r"_volume/versions/\d{8}T\d{12}Z-[a-z0-9-]+-[0-9a-f]{8}/(meta\.db|volume\.json)",
+]
+
+
+def test_bucket_matches_spec_layout(bucket: str) -> None:
+    import re
+
+    from volume.juicefs import slice_blocks
+
+    base = committed(bucket, content={"f": os.urandom(5 << 20)})
+    child = base.fork("layout-child").mount(transport="none")
+    write(child, "g", b"g" * 10)
+    version = child.finalize()
+    root = Path(bucket) / "base"
+    keys = [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()]
+    for key in keys:
+        assert any(re.fullmatch(rx, key) for rx in LAYOUT), key
+    for key in keys:  # block keys: id/1e6, id/1e3 and a bsize no larger than the block size
+        if m := re.fullmatch(LAYOUT[1], key):
+            d1, d2, sid, _indx, bsize = map(int, m.groups())
+            assert (d1, d2) == (sid // 1_000_000, sid // 1000) and bsize <= 4 << 20
+    versions = {k.split("/")[2] for k in keys if k.startswith("_volume/versions/")}
+    assert len(versions) == 2
+    for v in versions:
+        assert {f"_volume/versions/{v}/meta.db", f"_volume/versions/{v}/volume.json"} <= set(keys)
+    conn = sqlite3.connect(version.index.path[len("file://") :])
+    with conn:
+        refs = conn.execute("SELECT chunkid, size FROM jfs_chunk_ref").fetchall()
+    for sid, size in refs:  # every referenced block exists with its exact size
+        for indx, bsize in slice_blocks(size, 4 << 20):
+            key = root / "chunks" / str(sid // 1_000_000) / str(sid // 1000) / f"{sid}_{indx}_{bsize}"
+            assert key.stat().st_size == bsize
