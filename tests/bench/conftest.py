@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 
+BENCH_DIR = Path(__file__).parent
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # this hook sees every collected test, not only this directory's: mark ours alone
     for item in items:
-        item.add_marker(pytest.mark.bench)
+        if BENCH_DIR in Path(item.path).parents:
+            item.add_marker(pytest.mark.bench)
 
 
 def bench_bytes(default: int) -> int:

@@ -22,6 +22,7 @@ from ..stores import ObjectStore
 log = logging.getLogger("volume.engine.blocks")
 
 UPLOAD_ATTEMPTS = 3
+LOCAL_UPLOAD_WORKERS = 4
 
 
 @dataclass
@@ -92,6 +93,9 @@ class BlockStore:
         self._inflight_uploads = 0
         self._failed: dict[str, BaseException] = {}
         self._cond = threading.Condition()
+        if objects.capabilities.local:
+            # no network latency to hide: more threads only contend for the GIL with the caller
+            upload_workers = min(upload_workers, LOCAL_UPLOAD_WORKERS)
         self._uploader = ThreadPoolExecutor(upload_workers, thread_name_prefix="volume-upload")
         self._reader = ThreadPoolExecutor(read_workers, thread_name_prefix="volume-read")
         self._fetching: dict[str, Future[bytes]] = {}
@@ -118,8 +122,10 @@ class BlockStore:
 
     # ------------------------------------------------------------------ uploads
 
-    def upload(self, slice_id: int, indx: int, data: bytes) -> None:
+    def upload(self, slice_id: int, indx: int, data: bytes | bytearray) -> None:
         """Hand a block over for upload; returns once it is readable (and the upload queued).
+
+        The caller never modifies ``data`` afterwards.
 
         Blocks while the bytes awaiting upload exceed the pending bound (back-pressure).
         """

@@ -14,9 +14,13 @@ from .blocks import BlockStore
 
 
 class SliceWriter:
-    """One slice being written: contiguous bytes starting at chunk position ``pos``."""
+    """One slice being written: contiguous bytes starting at chunk position ``pos``.
 
-    __slots__ = ("blocks", "id", "pos", "length", "frozen", "buf")
+    Bytes go into one block-sized buffer; a full buffer is handed to the block store as is (no
+    copy) and a fresh one is started, so a sequential writer copies each byte once.
+    """
+
+    __slots__ = ("blocks", "id", "pos", "length", "frozen", "buf", "fill")
 
     def __init__(self, blocks: BlockStore, slice_id: int, pos: int):
         self.blocks = blocks
@@ -24,7 +28,8 @@ class SliceWriter:
         self.pos = pos
         self.length = 0  # slice bytes written so far
         self.frozen = 0  # slice bytes [0, frozen) already handed over (whole blocks)
-        self.buf = bytearray()  # slice bytes [frozen, length)
+        self.buf: bytearray | None = None  # slice bytes [frozen, frozen + block size)
+        self.fill = 0  # valid bytes in buf
 
     @property
     def end(self) -> int:
@@ -38,23 +43,31 @@ class SliceWriter:
 
     def write(self, pos: int, data: bytes | memoryview) -> None:
         """Write ``data`` at chunk position ``pos`` (``accepts(pos)`` must hold)."""
-        rel = pos - self.pos - self.frozen
-        self.buf[rel : rel + len(data)] = data
-        self.length = max(self.length, self.frozen + len(self.buf))
         bs = self.blocks.block_bytes
-        while len(self.buf) >= bs:
-            with memoryview(self.buf) as view:
-                block = bytes(view[:bs])
-            del self.buf[:bs]
-            self.blocks.upload(self.id, self.frozen // bs, block)
-            self.frozen += bs
+        view = memoryview(data)
+        rel = pos - self.pos - self.frozen
+        done = 0
+        while done < len(view):
+            if self.buf is None:
+                self.buf = bytearray(bs)
+            n = min(len(view) - done, bs - rel)
+            self.buf[rel : rel + n] = view[done : done + n]
+            rel += n
+            done += n
+            self.fill = max(self.fill, rel)
+            self.length = max(self.length, self.frozen + self.fill)
+            if self.fill == bs:
+                self.blocks.upload(self.id, self.frozen // bs, self.buf)
+                self.buf, self.fill, rel = None, 0, 0
+                self.frozen += bs
 
     def finish(self) -> SliceRecord:
         """Hand over the tail and return the record that publishes this slice."""
-        if self.buf:
-            self.blocks.upload(self.id, self.frozen // self.blocks.block_bytes, bytes(self.buf))
-            self.frozen += len(self.buf)
-            self.buf = bytearray()
+        if self.buf is not None and self.fill:
+            del self.buf[self.fill :]
+            self.blocks.upload(self.id, self.frozen // self.blocks.block_bytes, self.buf)
+            self.frozen += self.fill
+        self.buf, self.fill = None, 0
         return SliceRecord(self.pos, self.id, self.length, 0, self.length)
 
 
