@@ -241,18 +241,18 @@ def go_json(value: Any) -> str:
     if isinstance(value, dict):
         if not value:
             return "{}"
-        members = [f"{_go_string(str(k))}: {go_json(v)}" for k, v in value.items()]
+        members = [f"{go_string(str(k))}: {go_json(v)}" for k, v in value.items()]
         return "{\n" + ",\n".join(members) + "\n}"
     if isinstance(value, (list, tuple)):
         if not value:
             return "[]"
         return "[\n" + ",\n".join(go_json(v) for v in value) + "\n]"
     if isinstance(value, str):
-        return _go_string(value)
+        return go_string(value)
     return json.dumps(value)
 
 
-def _go_string(s: str) -> str:
+def go_string(s: str) -> str:
     out = json.dumps(s, ensure_ascii=False)
     return (
         out.replace("<", "\\u003c")
