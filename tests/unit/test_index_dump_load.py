@@ -11,7 +11,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import sqlite3
 import stat
 import subprocess

@@ -396,3 +396,59 @@ def test_bucket_matches_spec_layout(bucket: str) -> None:
         for indx, bsize in slice_blocks(size, 4 << 20):
             key = root / "chunks" / str(sid // 1_000_000) / str(sid // 1000) / f"{sid}_{indx}_{bsize}"
             assert key.stat().st_size == bsize
+
+
+# =========================================================================== migrate end to end
+
+from volume_sqlite import SQLiteMetaStore  # noqa: E402
+
+
+class TwinSQLiteStore(SQLiteMetaStore):
+    """A second store type with SQLite underneath: lets migration run end to end without Redis."""
+
+    name = "sqlite-twin"
+
+
+@pytest.fixture
+def twin_store_type(monkeypatch: pytest.MonkeyPatch) -> str:
+    from importlib import metadata
+
+    from volume import plugins
+
+    original = plugins._entry_points
+    real = original(plugins.META_STORES)
+    twin = metadata.EntryPoint(
+        "sqlite-twin", f"{__name__}:TwinSQLiteStore", plugins.META_STORES
+    )
+
+    def entry_points(group: str) -> dict:
+        if group == plugins.META_STORES:
+            return {**real, "sqlite-twin": twin}
+        return original(group)
+
+    plugins.load.cache_clear()
+    monkeypatch.setattr(plugins, "_entry_points", entry_points)
+    yield "sqlite-twin"
+    plugins.load.cache_clear()
+
+
+def test_migrate_moves_no_block_and_advances_counters(mem_bucket: str, twin_store_type: str) -> None:
+    base = committed(mem_bucket, content={"big": os.urandom(2 << 20), "small": b"s"})
+    store = memory_store(mem_bucket)
+    before = store.stats.copy()
+    migrated = base.migrate_metadata_store_type(twin_store_type)
+    moved = store.stats - before
+    assert moved.get_bytes == base.index_bytes  # the source index, and not one block
+    assert moved.puts == 2 and moved.put_bytes == migrated.index_bytes + len(
+        migrated.model_dump_json(indent=2)
+    )  # the new index and its version document
+    assert type(migrated) is ROVolume
+    assert (migrated.metadata_store_type, migrated.index.format) == (twin_store_type,) * 2
+    assert migrated.parent_produced_by == base.produced_by
+    assert (migrated.used_bytes, migrated.inode_count) == (base.used_bytes, base.inode_count)
+    with migrated.mount(transport="none") as ro:
+        assert sorted(files(ro)) == ["big", "small"]
+        with ro._mount.meta.transaction() as tx:
+            assert tx.get_counter("nextInode") > (1 << 32)
+    with pytest.raises(VolumeMigrateNoop):
+        migrated.migrate_metadata_store_type(twin_store_type)
