@@ -452,3 +452,28 @@ def test_migrate_moves_no_block_and_advances_counters(mem_bucket: str, twin_stor
             assert tx.get_counter("nextInode") > (1 << 32)
     with pytest.raises(VolumeMigrateNoop):
         migrated.migrate_metadata_store_type(twin_store_type)
+
+
+# =========================================================================== damaged indexes
+
+
+@pytest.mark.parametrize("damage", ["flipped", "truncated", "missing"])
+def test_damaged_index_leaves_nothing_trusted(bucket: str, tmp_path: Path, damage: str) -> None:
+    from volume.errors import VolumeIndexCorrupt
+
+    base = committed(bucket)
+    index = Path(base.index.path[len("file://") :])
+    data = index.read_bytes()
+    if damage == "flipped":
+        index.write_bytes(data[:5000] + bytes([data[5000] ^ 0xFF]) + data[5001:])
+    elif damage == "truncated":
+        index.write_bytes(data[: len(data) // 2])
+    else:
+        index.unlink()
+    meta = tmp_path / "meta"
+    for attempt in (lambda: base.mount(meta_dir=meta, transport="none"),
+                    lambda: base.fork("damaged-fork", meta_dir=meta)):  # fmt: skip
+        with pytest.raises(VolumeIndexCorrupt):
+            attempt()
+        assert sorted(p.name for p in meta.iterdir()) == [".volume.lock"]
+    assert not base.mounted
