@@ -10,9 +10,10 @@ import dataclasses
 import hashlib
 import json
 import os
+import stat
 import sys
-import tempfile
 import time
+import warnings
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -45,8 +46,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- demo
 
 
-def _demo_tree(fs: Any) -> dict[str, str]:
-    """Write a small tree with a multi-block file, a hard link and a symlink; return hashes."""
+def _demo_tree(fs: Any) -> None:
+    """Write a small tree with a multi-block file, a hard link, a symlink and an xattr."""
     fs.makedirs("/docs/notes", exist_ok=True)
     fs.write_bytes("/docs/readme.txt", b"versioned, forkable volumes\n")
     fs.write_bytes("/docs/notes/todo.txt", b"commit, fork, migrate\n")
@@ -55,60 +56,86 @@ def _demo_tree(fs: Any) -> dict[str, str]:
     fs.link("/docs/readme.txt", "/readme-link.txt")
     fs.symlink("docs/readme.txt", "/readme-symlink")
     fs.setxattr("/data.bin", "user.origin", b"volume demo")
-    return {
-        p: hashlib.sha256(fs.read_bytes(p)).hexdigest()
-        for p in ("/docs/readme.txt", "/docs/notes/todo.txt", "/data.bin", "/readme-symlink")
-    }
+
+
+def _digests(fs: Any) -> dict[str, str]:
+    out = {}
+    stack = ["/"]
+    while stack:
+        path = stack.pop()
+        for name, _ino, st in fs.scandir(path):
+            full = f"{path.rstrip('/')}/{name}"
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(full)
+            elif stat.S_ISREG(st.st_mode):
+                out[full] = hashlib.sha256(fs.read_bytes(full)).hexdigest()
+    return out
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Format a volume in a local bucket with SQLite metadata, write a tree, read it back."""
-    from .engine import Engine, PathFS, format_volume, new_format
+    """The main job on the embedded defaults: a local bucket and SQLite metadata.
+
+    Create a volume, write a tree, commit; fork the commit, change the fork, finalize it; mount
+    both versions read-only and check what each holds; walk the lineage.
+    """
+    from .lineage import walk
+    from .model import Volume
 
     bucket = Path(args.bucket).resolve()
-    meta_dir = Path(args.meta_dir or tempfile.mkdtemp(prefix="volume-demo-meta-")).resolve()
     name = args.name or f"demo-{uuid.uuid4().hex[:8]}"
-    objects = plugins.object_store_class("file").from_uri(str(bucket))
-    meta = plugins.meta_store_class("sqlite").open(meta_dir)
     started = time.perf_counter()
-    format_volume(meta, objects, new_format(name, storage="file", bucket=f"{bucket}/"))
-    engine = Engine(meta, objects)
-    try:
-        fs = PathFS(engine)
-        hashes = _demo_tree(fs)
-        engine.drain()
-        reread = {p: hashlib.sha256(fs.read_bytes(p)).hexdigest() for p in hashes}
-        st = fs.statvfs()
-        tree = sorted(fs.listdir("/"))
-    finally:
-        engine.close()
-        meta.close()
-    blocks = list(objects.list(f"{name}/chunks/"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # in-process mounts: said in the output
+        rw = Volume.new(name, bucket=str(bucket)).mount(transport="none")
+        _demo_tree(rw._mount.pathfs)
+        first = rw.finalize("a tree with a big file, links and an xattr")
+        fork = first.fork(f"{name}-fork").mount(transport="none")
+        fork._mount.pathfs.write_bytes("/docs/notes/todo.txt", b"forked and changed\n")
+        fork._mount.pathfs.unlink("/data.bin")
+        second = fork.finalize("changed a note, removed the big file")
+        contents = {}
+        for version in (first, second):
+            with version.mount(transport="none") as ro:
+                contents[version.name] = _digests(ro._mount.pathfs)
+    expected_changed = {"/docs/notes/todo.txt"}
+    a, b = contents[first.name], contents[second.name]
+    verified = (
+        "/data.bin" in a
+        and "/data.bin" not in b
+        and {p for p in b if a.get(p) != b[p]} == expected_changed
+    )
     result = {
-        "volume": name,
         "bucket": str(bucket),
-        "metadata": str(meta_dir / "meta.db"),
-        "root": tree,
-        "verified": reread == hashes,
-        "used_bytes": (st.blocks - st.bfree) * st.bsize,
-        "blocks": len(blocks),
-        "block_bytes": sum(b.size for b in blocks),
+        "versions": [
+            {
+                "name": v.name,
+                "message": v.message,
+                "files": len(contents[v.name]),
+                "used_bytes": v.used_bytes,
+                "inodes": v.inode_count,
+                "index_bytes": v.index_bytes,
+                "locator": v.produced_by.locator if v.produced_by else None,
+            }
+            for v in (first, second)
+        ],
+        "lineage": [v.name for v in walk(second)],
+        "verified": verified,
         "seconds": round(time.perf_counter() - started, 3),
     }
 
     def text(r: dict) -> str:
-        return "\n".join(
-            [
-                f"volume {r['volume']} formatted in {r['bucket']} (metadata: {r['metadata']})",
-                f"root: {' '.join(r['root'])}",
-                f"read back {'OK' if r['verified'] else 'MISMATCH'}; used {r['used_bytes']} bytes",
-                f"{r['blocks']} blocks, {r['block_bytes']} bytes under {r['volume']}/chunks/",
-                f"done in {r['seconds']} s",
-            ]
-        )
+        lines = [f"bucket {r['bucket']} (local), metadata in SQLite, mounted in-process"]
+        for v in r["versions"]:
+            lines.append(
+                f"version {v['name']}: {v['files']} files, {v['used_bytes']} bytes, "
+                f"{v['inodes']} inodes, index {v['index_bytes']} bytes: {v['message']}"
+            )
+        lines.append(f"lineage of {r['versions'][1]['name']}: {' <- '.join(r['lineage'])}")
+        lines.append(f"read back {'OK' if r['verified'] else 'MISMATCH'} in {r['seconds']} s")
+        return "\n".join(lines)
 
     _emit(args, result, text)
-    return 0 if result["verified"] else 1
+    return 0 if verified else 1
 
 
 # --------------------------------------------------------------------------- main
@@ -125,10 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plugins", help="list installed store plugins")
     p.set_defaults(func=cmd_plugins)
 
-    p = sub.add_parser("demo", help="format a volume in a local bucket, write and read it back")
+    p = sub.add_parser("demo", help="create, commit, fork and read back a volume in a local bucket")
     p.add_argument("bucket", nargs="?", default="volume-demo-bucket", help="local bucket dir")
     p.add_argument("--name", help="volume name (default: demo-<8 hex>)")
-    p.add_argument("--meta-dir", help="metadata directory (default: a new temporary dir)")
     p.set_defaults(func=cmd_demo)
     return parser
 
