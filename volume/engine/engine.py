@@ -51,6 +51,7 @@ from .posix import (
     check_name,
     check_sticky,
     check_xattr_name,
+    check_xattr_name_length,
     fs_error,
     open_access_mask,
     type_from_mode,
@@ -502,8 +503,9 @@ class Engine:
                 self._unref(tx, ino, attr, now)
 
     def _unref(self, tx: MetaTxn, ino: int, attr: Attr, now: int) -> None:
-        """Drop one link of a non-directory; delete it unless links or open handles remain."""
-        attr.nlink -= 1
+        """Drop one link (a directory's only one); delete the inode unless links or open
+        handles remain."""
+        attr.nlink = 0 if attr.type == TYPE_DIRECTORY else attr.nlink - 1
         attr.ctime_ns = now
         if attr.nlink > 0:
             tx.set_attr(ino, attr)
@@ -511,6 +513,7 @@ class Engine:
         oi = self._open.get(ino)
         if oi is not None:
             oi.unlinked = True  # deleted at the last release
+            attr.parent = 0  # in no directory: its length changes touch no dir stats
             tx.set_attr(ino, attr)
         else:
             self._drop_inode(tx, ino, attr)
@@ -522,7 +525,7 @@ class Engine:
         if name == b"..":
             raise fs_error(errno.ENOTEMPTY)
         check_name(name)
-        with self._txn(write=True) as tx:
+        with self._lock, self._txn(write=True) as tx:  # the open-inode table is consulted
             pattr = self._dir(tx, parent, caller, W_OK | X_OK)
             entry = tx.lookup(parent, name)
             if entry is None:
@@ -540,7 +543,7 @@ class Engine:
             pattr.mtime_ns = pattr.ctime_ns = now
             tx.set_attr(parent, pattr)
             tx.update_dir_stats(parent, 0, -_space(attr), -1)
-            self._drop_inode(tx, ino, attr)
+            self._unref(tx, ino, attr, now)
 
     def _is_descendant(self, tx: MetaTxn, ino: int, ancestor: int) -> bool:
         """Whether directory ``ino`` is ``ancestor`` or lies below it."""
@@ -570,13 +573,14 @@ class Engine:
         for n in (name, new_name):
             if n in (b".", b".."):
                 raise fs_error(errno.EBUSY if n == b"." else errno.ENOTEMPTY)
-            check_name(n)
+        check_name(name)
         with self._lock, self._txn(write=True) as tx:
             spattr = self._dir(tx, parent, caller, W_OK | X_OK)
             dpattr = spattr if new_parent == parent else self._dir(tx, new_parent, caller, W_OK | X_OK)
             src = tx.lookup(parent, name)
             if src is None:
                 raise fs_error(errno.ENOENT, name)
+            check_name(new_name)  # Linux looks the source up before the target's name
             sino = src[0]
             sattr = self._attr(tx, sino)
             check_sticky(spattr, sattr, caller)
@@ -592,12 +596,11 @@ class Engine:
             if sattr.type == TYPE_DIRECTORY and self._is_descendant(tx, new_parent, sino):
                 raise fs_error(errno.EINVAL)
             if (
-                flags & RENAME_EXCHANGE
-                and dattr is not None
+                dattr is not None
                 and dattr.type == TYPE_DIRECTORY
                 and self._is_descendant(tx, parent, dst[0])
-            ):
-                raise fs_error(errno.EINVAL)
+            ):  # the target is an ancestor of the source: Linux checks this before types
+                raise fs_error(errno.EINVAL if flags & RENAME_EXCHANGE else errno.ENOTEMPTY)
             if dst is not None and dst[0] == sino:
                 return  # two names of one inode: POSIX says do nothing
             if dattr is not None and not flags & RENAME_EXCHANGE:
@@ -626,9 +629,7 @@ class Engine:
                 tx.update_dir_stats(new_parent, -_stats_length(dattr), -_space(dattr), -1)
                 if dattr.type == TYPE_DIRECTORY:
                     dpattr.nlink -= 1
-                    self._drop_inode(tx, dst[0], dattr)
-                else:
-                    self._unref(tx, dst[0], dattr, now)
+                self._unref(tx, dst[0], dattr, now)
             sattr.ctime_ns = now
             tx.set_attr(sino, sattr)
             for ino, pattr in {parent: spattr, new_parent: dpattr}.items():
@@ -689,10 +690,13 @@ class Engine:
 
     def getxattr(self, ino: int, name: str) -> bytes:
         """Value of an extended attribute (ENODATA when absent)."""
-        check_xattr_name(name)
+        check_xattr_name_length(name)
 
         def run(tx: MetaTxn) -> bytes:
-            self._attr(tx, ino)
+            if self._attr(tx, ino).type not in (TYPE_FILE, TYPE_DIRECTORY):
+                if name.startswith("user."):  # before the name's validity, as Linux
+                    raise fs_error(errno.ENODATA)
+            check_xattr_name(name)
             value = tx.get_xattr(ino, name)
             if value is None:
                 raise fs_error(errno.ENODATA)
@@ -713,7 +717,7 @@ class Engine:
         self, ino: int, name: str, value: bytes, flags: int = 0, caller: Caller = ROOT
     ) -> None:
         """Set an extended attribute (``XATTR_CREATE`` / ``XATTR_REPLACE`` honoured)."""
-        check_xattr_name(name)
+        check_xattr_name_length(name)
         if len(value) > MAX_XATTR_VALUE:
             raise fs_error(errno.E2BIG)
         with self._txn(write=True) as tx:
@@ -729,7 +733,7 @@ class Engine:
 
     def removexattr(self, ino: int, name: str, caller: Caller = ROOT) -> None:
         """Remove an extended attribute (ENODATA when absent)."""
-        check_xattr_name(name)
+        check_xattr_name_length(name)
         with self._txn(write=True) as tx:
             attr = self._xattr_target(tx, ino, name, caller)
             if not tx.remove_xattr(ino, name):
@@ -745,6 +749,7 @@ class Engine:
             check_access(attr, W_OK, caller)
         elif caller.uid != 0:
             raise fs_error(errno.EPERM)
+        check_xattr_name(name)  # after the permission checks, as Linux
         return attr
 
     # ================================================================== files
@@ -867,8 +872,8 @@ class Engine:
                 return
             records = {indx: sw.finish() for indx, sw in w.slices.items()}
             w.slices.clear()
-            if not oi.unlinked:
-                self._publish(oi, records)
+            # an unlinked inode too: its open handles still read it (it goes at the last release)
+            self._publish(oi, records)
             oi.writer = None
 
     def _flush_inode(self, ino: int) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ..juicefs import ROOT_INODE, TYPE_DIRECTORY, TYPE_SYMLINK, Attr
 from .engine import NOW, Engine, StatFS
-from .posix import ROOT, Caller, fs_error, st_mode
+from .posix import ROOT, Caller, check_xattr_name_length, fs_error, st_mode
 
 MAX_SYMLINK_HOPS = 40
 
@@ -61,10 +61,10 @@ def _encode(path: str | bytes) -> bytes:
 
 
 class _OpenFile:
-    __slots__ = ("fh", "ino", "pos", "flags")
+    __slots__ = ("fh", "ino", "pos", "flags", "is_dir")
 
-    def __init__(self, fh: int, ino: int, flags: int):
-        self.fh, self.ino, self.pos, self.flags = fh, ino, 0, flags
+    def __init__(self, fh: int, ino: int, flags: int, is_dir: bool):
+        self.fh, self.ino, self.pos, self.flags, self.is_dir = fh, ino, 0, flags, is_dir
 
 
 class PathFS:
@@ -212,6 +212,16 @@ class PathFS:
         parent, name = self._parent(path)
         self.engine.symlink(parent, name, _encode(target), self.caller)
 
+    def mknod(self, path: str | bytes, mode: int = 0o600, device: int = 0) -> None:
+        """``os.mknod``: the type comes from ``mode`` (plain permission bits: a regular file)."""
+        parent, name = self._parent(path)
+        mode = stat_mod.S_IFMT(mode) | (stat_mod.S_IMODE(mode) & ~self.umask)
+        self.engine.mknod(parent, name, mode, device, self.caller)
+
+    def mkfifo(self, path: str | bytes, mode: int = 0o666) -> None:
+        """``os.mkfifo``."""
+        self.mknod(path, stat_mod.S_IFIFO | stat_mod.S_IMODE(mode))
+
     def readlink(self, path: str | bytes) -> str:
         """``os.readlink``."""
         return os.fsdecode(self.engine.readlink(self.resolve(path, follow_symlinks=False)))
@@ -241,10 +251,12 @@ class PathFS:
 
     def getxattr(self, path: str | bytes, name: str) -> bytes:
         """``os.getxattr``."""
+        check_xattr_name_length(name)
         return self.engine.getxattr(self.resolve(path), name)
 
     def setxattr(self, path: str | bytes, name: str, value: bytes, flags: int = 0) -> None:
         """``os.setxattr``."""
+        check_xattr_name_length(name)
         self.engine.setxattr(self.resolve(path), name, value, flags, self.caller)
 
     def listxattr(self, path: str | bytes) -> list[str]:
@@ -253,6 +265,7 @@ class PathFS:
 
     def removexattr(self, path: str | bytes, name: str) -> None:
         """``os.removexattr``."""
+        check_xattr_name_length(name)
         self.engine.removexattr(self.resolve(path), name, self.caller)
 
     # ------------------------------------------------------------------ file I/O
@@ -261,13 +274,15 @@ class PathFS:
         """``os.open``; returns a descriptor for :meth:`read`, :meth:`write`, :meth:`close`."""
         raw = _encode(path)
         follow = not flags & os.O_NOFOLLOW
+        if flags & os.O_CREAT and flags & os.O_DIRECTORY:
+            raise fs_error(errno.EINVAL, raw)  # Linux >= 6.4 refuses the combination
         if flags & os.O_CREAT:
             parent, name = self._parent(raw)
             try:  # the common case first: one transaction creates the file
                 fh, ino, _ = self.engine.create(
                     parent, name, mode & ~self.umask, flags | os.O_EXCL, self.caller
                 )
-                return self._register(fh, ino, flags)
+                return self._register(fh, ino, flags, is_dir=False)
             except FileExistsError:
                 if flags & os.O_EXCL:
                     raise
@@ -284,14 +299,17 @@ class PathFS:
         attr = self.engine.getattr(ino)
         if attr.type == TYPE_SYMLINK:
             raise fs_error(errno.ELOOP, raw)
-        if flags & os.O_DIRECTORY and attr.type != TYPE_DIRECTORY:
+        is_dir = attr.type == TYPE_DIRECTORY
+        if flags & os.O_DIRECTORY and not is_dir:
             raise fs_error(errno.ENOTDIR, raw)
-        return self._register(self.engine.open(ino, flags, self.caller), ino, flags)
+        if flags & os.O_CREAT and is_dir:
+            raise fs_error(errno.EISDIR, raw)
+        return self._register(self.engine.open(ino, flags, self.caller), ino, flags, is_dir)
 
-    def _register(self, fh: int, ino: int, flags: int) -> int:
+    def _register(self, fh: int, ino: int, flags: int, is_dir: bool) -> int:
         fd = self._next_fd
         self._next_fd += 1
-        self._files[fd] = _OpenFile(fh, ino, flags)
+        self._files[fd] = _OpenFile(fh, ino, flags, is_dir)
         return fd
 
     def _file(self, fd: int) -> _OpenFile:
@@ -303,6 +321,8 @@ class PathFS:
     def read(self, fd: int, size: int, offset: int | None = None) -> bytes:
         """``os.read`` (``offset``: ``os.pread``)."""
         f = self._file(fd)
+        if f.is_dir:
+            raise fs_error(errno.EISDIR)
         data = self.engine.read(f.fh, f.pos if offset is None else offset, size)
         if offset is None:
             f.pos += len(data)
@@ -311,10 +331,9 @@ class PathFS:
     def write(self, fd: int, data: bytes, offset: int | None = None) -> int:
         """``os.write`` (``offset``: ``os.pwrite``)."""
         f = self._file(fd)
-        if f.flags & os.O_APPEND:
-            offset = None
+        # with O_APPEND the engine writes at the end whatever the offset (as Linux's pwrite)
         n = self.engine.write(f.fh, f.pos if offset is None else offset, data)
-        if offset is None:
+        if offset is None:  # pwrite never moves the position
             f.pos = self.engine.getattr(f.ino).length if f.flags & os.O_APPEND else f.pos + n
         return n
 
@@ -332,6 +351,8 @@ class PathFS:
     def ftruncate(self, fd: int, length: int) -> None:
         """``os.ftruncate``."""
         f = self._file(fd)
+        if f.flags & os.O_ACCMODE == os.O_RDONLY:
+            raise fs_error(errno.EINVAL)  # as Linux: only a descriptor open for writing
         self.engine.setattr(f.ino, self.caller, size=length, handle=f.fh)
 
     def fsync(self, fd: int) -> None:

@@ -112,14 +112,19 @@ def check_sticky(dir_attr: Attr, child: Attr, caller: Caller) -> None:
         raise fs_error(errno.EPERM)
 
 
-def check_xattr_name(name: str) -> None:
-    """Only the namespaces a plain file system supports; names of at most 255 bytes."""
-    if not name:
-        raise fs_error(errno.EINVAL)
-    if len(name.encode("utf-8", "surrogateescape")) > MAX_XATTR_NAME:
+def check_xattr_name_length(name: str) -> None:
+    """ERANGE for an empty name or one over 255 bytes (Linux checks this before path lookup)."""
+    if not name or len(name.encode("utf-8", "surrogateescape")) > MAX_XATTR_NAME:
         raise fs_error(errno.ERANGE)
+
+
+def check_xattr_name(name: str) -> None:
+    """Only the namespaces a plain file system supports, each with a non-empty suffix."""
+    check_xattr_name_length(name)
     if not name.startswith(XATTR_NAMESPACES):
         raise fs_error(errno.EOPNOTSUPP)
+    if name in XATTR_NAMESPACES:
+        raise fs_error(errno.EINVAL)
 
 
 def open_access_mask(flags: int) -> int:
