@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from ..errors import ObjectExists, ObjectNotFound, VolumeCommitError
 from ..juicefs import block_key
 from ..stores import ObjectStore
+from .diskcache import DiskCache
 
 log = logging.getLogger("volume.engine.blocks")
 
@@ -34,6 +35,7 @@ class BlockStats:
     fetches: int = 0
     fetch_bytes: int = 0
     cache_hits: int = 0
+    disk_hits: int = 0
 
 
 class _LRU:
@@ -80,6 +82,7 @@ class BlockStore:
         upload_workers: int = 8,
         max_pending_bytes: int = 300 << 20,
         read_workers: int = 8,
+        disk_cache: DiskCache | None = None,
     ):
         self.objects = objects
         self.name = name
@@ -87,6 +90,7 @@ class BlockStore:
         self.hash_prefix = hash_prefix
         self.stats = BlockStats()
         self._cache = _LRU(cache_bytes)
+        self._disk = disk_cache
         self._max_pending = max(max_pending_bytes, block_bytes)
         self._pending: dict[str, bytes] = {}
         self._pending_bytes = 0
@@ -165,6 +169,8 @@ class BlockStore:
             self._cond.notify_all()
         if error is None and not self._direct:
             self._cache.put(key, data)
+            if self._disk is not None:
+                self._disk.put(key, data)
 
     def _put_if_absent(self, key: str, data: bytes) -> None:
         try:
@@ -298,6 +304,11 @@ class BlockStore:
 
     def _fetch(self, key: str, bsize: int) -> bytes:
         try:
+            data = self._disk.get(key) if self._disk is not None else None
+            if data is not None and len(data) == bsize:
+                self.stats.disk_hits += 1
+                self._cache.put(key, data)
+                return data
             try:
                 data = self.objects.get(key)
             except ObjectNotFound as exc:
@@ -307,6 +318,8 @@ class BlockStore:
             self.stats.fetches += 1
             self.stats.fetch_bytes += len(data)
             self._cache.put(key, data)
+            if self._disk is not None:
+                self._disk.put(key, data)
             return data
         finally:
             with self._fetch_lock:

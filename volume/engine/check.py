@@ -50,6 +50,8 @@ def _space(attr: Attr) -> int:
 
 @dataclass
 class _Check:
+    """One run of the check: the records loaded once, the problems found so far."""
+
     tx: MetaTxn
     open_inodes: frozenset[int]
     problems: list[str] = field(default_factory=list)
@@ -63,6 +65,7 @@ class _Check:
     paths: dict[int, str] = field(default_factory=dict)
 
     def run(self) -> list[str]:
+        """Every check, in an order where later ones can name paths found by earlier ones."""
         self.attrs = dict(self.tx.iter_attrs())
         root = self.attrs.get(ROOT_INODE)
         if root is None or root.type != TYPE_DIRECTORY:
@@ -101,7 +104,12 @@ class _Check:
                 self._report(f"{self._who(parent)} is not a directory but has entries")
             for name, ino, type_ in entries:
                 self.names[ino].append((parent, name))
-                if not name or len(name) > MAX_NAME or b"/" in name or b"\0" in name:
+                if (
+                    name in (b"", b".", b"..")
+                    or len(name) > MAX_NAME
+                    or b"/" in name
+                    or b"\0" in name
+                ):
                     self._report(f"entry {name!r} in directory {parent} is not a valid name")
                 child = self.attrs.get(ino)
                 if child is None:

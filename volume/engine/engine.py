@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from pathlib import Path
 import stat
 import threading
 import time
@@ -37,8 +38,8 @@ from ..juicefs import (
 )
 from ..stores import MetaStore, MetaTxn, ObjectStore
 from .blocks import BlockStore
+from .diskcache import DiskCache
 from .posix import (
-    MAX_SYMLINK,
     MAX_XATTR_VALUE,
     ROOT,
     R_OK,
@@ -50,6 +51,7 @@ from .posix import (
     check_access,
     check_name,
     check_sticky,
+    check_symlink_target,
     check_xattr_name,
     check_xattr_name_length,
     fs_error,
@@ -135,6 +137,8 @@ class Engine:
         upload_workers: int = 8,
         buffer_bytes: int = 300 << 20,
         readahead_blocks: int = 2,
+        cache_dir: str | os.PathLike[str] | None = None,
+        cache_dir_bytes: int = 10 << 30,
     ):
         self.meta = meta
         self.fmt = meta.load_format()
@@ -148,6 +152,7 @@ class Engine:
             cache_bytes=cache_bytes,
             upload_workers=upload_workers,
             max_pending_bytes=buffer_bytes,
+            disk_cache=self._disk_cache(objects, cache_dir, cache_dir_bytes),
         )
         self.readahead_bytes = readahead_blocks * self.fmt.block_bytes
         self._lock = threading.RLock()
@@ -159,6 +164,15 @@ class Engine:
         self._closed = False
         #: set by every metadata write; the lifecycle clears it when it publishes a snapshot
         self.modified = False
+
+    def _disk_cache(
+        self, objects: ObjectStore, cache_dir: str | os.PathLike[str] | None, capacity: int
+    ) -> DiskCache | None:
+        """A block cache below ``cache_dir/<UUID>`` for remote stores (local stores are served
+        by the page cache)."""
+        if cache_dir is None or objects.capabilities.local:
+            return None
+        return DiskCache(Path(cache_dir) / self.fmt.UUID, capacity)
 
     def _check_format_supported(self) -> None:
         fmt = self.fmt
@@ -378,6 +392,8 @@ class Engine:
         rdev: int = 0,
         target: bytes = b"",
     ) -> tuple[int, Attr]:
+        if name in (b".", b".."):
+            raise fs_error(errno.EEXIST, name)  # they always exist
         check_name(name)
         ino = self._alloc("inode")
         with self._txn(write=True) as tx:
@@ -439,10 +455,7 @@ class Engine:
         self, parent: int, name: bytes, target: bytes, caller: Caller = ROOT
     ) -> tuple[int, Attr]:
         """Create a symbolic link to ``target``."""
-        if not target:
-            raise fs_error(errno.ENOENT)
-        if len(target) >= MAX_SYMLINK:
-            raise fs_error(errno.ENAMETOOLONG)
+        check_symlink_target(target)
         return self._create_node(parent, name, TYPE_SYMLINK, 0o777, caller, target=target)
 
     def readlink(self, ino: int) -> bytes:
@@ -461,6 +474,8 @@ class Engine:
 
     def link(self, ino: int, parent: int, name: bytes, caller: Caller = ROOT) -> Attr:
         """Add a hard link; a file with several links gets ``parent = 0`` (JuiceFS rule)."""
+        if name in (b".", b".."):
+            raise fs_error(errno.EEXIST, name)  # they always exist
         check_name(name)
         self._flush_inode(ino)
         with self._txn(write=True) as tx:
@@ -483,6 +498,8 @@ class Engine:
 
     def unlink(self, parent: int, name: bytes, caller: Caller = ROOT) -> None:
         """Remove a non-directory entry; the inode goes when its last link and handle do."""
+        if name in (b".", b".."):
+            raise fs_error(errno.EISDIR, name)
         check_name(name)
         with self._lock:  # the open-inode table decides whether the inode survives
             with self._txn(write=True) as tx:
@@ -570,9 +587,10 @@ class Engine:
             RENAME_NOREPLACE | RENAME_EXCHANGE
         ):
             raise fs_error(errno.EINVAL)
-        for n in (name, new_name):
-            if n in (b".", b".."):
-                raise fs_error(errno.EBUSY if n == b"." else errno.ENOTEMPTY)
+        if name in (b".", b".."):
+            raise fs_error(errno.EBUSY, name)
+        if new_name in (b".", b".."):
+            raise fs_error(errno.EEXIST if flags & RENAME_NOREPLACE else errno.EBUSY, new_name)
         check_name(name)
         with self._lock, self._txn(write=True) as tx:
             spattr = self._dir(tx, parent, caller, W_OK | X_OK)

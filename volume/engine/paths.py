@@ -14,8 +14,15 @@ import stat as stat_mod
 from dataclasses import dataclass
 
 from ..juicefs import ROOT_INODE, TYPE_DIRECTORY, TYPE_SYMLINK, Attr
-from .engine import NOW, Engine, StatFS
-from .posix import ROOT, Caller, check_xattr_name_length, fs_error, st_mode
+from .engine import NOW, RENAME_EXCHANGE, RENAME_NOREPLACE, Engine, StatFS
+from .posix import (
+    ROOT,
+    Caller,
+    check_symlink_target,
+    check_xattr_name_length,
+    fs_error,
+    st_mode,
+)
 
 MAX_SYMLINK_HOPS = 40
 
@@ -82,6 +89,7 @@ class PathFS:
     def _walk(self, path: bytes, follow: bool, hops: int = 0) -> tuple[int, Attr]:
         # the root is a directory: its attributes are fetched only when the path names it
         ino, attr = ROOT_INODE, None
+        follow = follow or path.endswith(b"/")  # a trailing slash names a directory: follow
         parts = [p for p in path.split(b"/") if p]
         for i, part in enumerate(parts):
             if attr is not None and attr.type != TYPE_DIRECTORY:
@@ -96,6 +104,8 @@ class PathFS:
                 base = b"/" if target.startswith(b"/") else self._path_of_dir(parts[:i])
                 rest = b"/".join(parts[i + 1 :])
                 joined = posixpath.join(base, target, rest) if rest else posixpath.join(base, target)
+                if path.endswith(b"/") and not joined.endswith(b"/"):
+                    joined += b"/"  # what the link leads to must still be a directory
                 return self._walk(joined, follow, hops + 1)
         if attr is None:
             attr = self.engine.getattr(ROOT_INODE)
@@ -117,6 +127,15 @@ class PathFS:
         if attr.type != TYPE_DIRECTORY:
             raise fs_error(errno.ENOTDIR, raw)
         return ino, name
+
+    def _new_entry_parent(self, path: str | bytes) -> tuple[int, bytes]:
+        """:meth:`_parent` for calls creating a non-directory: with a trailing slash the path
+        names a directory, so it exists (EEXIST) or cannot be made (ENOENT), as on Linux."""
+        parent, name = self._parent(path)
+        if _encode(path).endswith(b"/") and name not in (b".", b".."):
+            self.engine.lookup(parent, name, self.caller)  # ENOENT when missing
+            raise fs_error(errno.EEXIST, path)
+        return parent, name
 
     def resolve(self, path: str | bytes, follow_symlinks: bool = True) -> int:
         """Inode number a path names."""
@@ -156,10 +175,7 @@ class PathFS:
 
     def mkdir(self, path: str | bytes, mode: int = 0o777) -> None:
         """``os.mkdir``."""
-        raw = _encode(path).rstrip(b"/")
-        if raw.rpartition(b"/")[2] in (b".", b".."):
-            raise fs_error(errno.EEXIST, raw)
-        parent, name = self._parent(raw)
+        parent, name = self._parent(path)
         self.engine.mkdir(parent, name, mode & ~self.umask, self.caller)
 
     def makedirs(self, path: str | bytes, mode: int = 0o777, exist_ok: bool = False) -> None:
@@ -199,22 +215,46 @@ class PathFS:
         """``os.rename`` (and renameat2 ``flags``)."""
         sp, sn = self._parent(src)
         dp, dn = self._parent(dst)
+        src_slash, dst_slash = _encode(src).endswith(b"/"), _encode(dst).endswith(b"/")
+        if (src_slash or dst_slash) and b"." not in (sn, dn) and b".." not in (sn, dn):
+            self._check_rename_slashes(sp, sn, src_slash, dp, dn, dst_slash, flags)
         self.engine.rename(sp, sn, dp, dn, flags, self.caller)
+
+    def _check_rename_slashes(
+        self, sp: int, sn: bytes, src_slash: bool, dp: int, dn: bytes, dst_slash: bool, flags: int
+    ) -> None:
+        """Trailing slashes make a rename of a non-directory fail with ENOTDIR, after the
+        lookups' own errors (Linux's ``do_renameat2`` order)."""
+        src_attr = self.engine.lookup(sp, sn, self.caller)[1]
+        try:
+            dst_attr: Attr | None = self.engine.lookup(dp, dn, self.caller)[1]
+        except FileNotFoundError:
+            dst_attr = None
+        exchange = flags & RENAME_EXCHANGE
+        if exchange and dst_attr is None:
+            raise fs_error(errno.ENOENT, dn)
+        if flags & RENAME_NOREPLACE and dst_attr is not None:
+            raise fs_error(errno.EEXIST, dn)
+        if exchange and dst_slash and dst_attr.type != TYPE_DIRECTORY:
+            raise fs_error(errno.ENOTDIR, dn)
+        if src_attr.type != TYPE_DIRECTORY and (src_slash or (dst_slash and not exchange)):
+            raise fs_error(errno.ENOTDIR, sn)
 
     def link(self, src: str | bytes, dst: str | bytes) -> None:
         """``os.link`` (the source is not followed, as on Linux)."""
         ino = self.resolve(src, follow_symlinks=False)
-        parent, name = self._parent(dst)
+        parent, name = self._new_entry_parent(dst)
         self.engine.link(ino, parent, name, self.caller)
 
     def symlink(self, target: str | bytes, path: str | bytes) -> None:
         """``os.symlink``."""
-        parent, name = self._parent(path)
+        check_symlink_target(_encode(target))  # Linux checks the target before the path
+        parent, name = self._new_entry_parent(path)
         self.engine.symlink(parent, name, _encode(target), self.caller)
 
     def mknod(self, path: str | bytes, mode: int = 0o600, device: int = 0) -> None:
         """``os.mknod``: the type comes from ``mode`` (plain permission bits: a regular file)."""
-        parent, name = self._parent(path)
+        parent, name = self._new_entry_parent(path)
         mode = stat_mod.S_IFMT(mode) | (stat_mod.S_IMODE(mode) & ~self.umask)
         self.engine.mknod(parent, name, mode, device, self.caller)
 
@@ -278,6 +318,10 @@ class PathFS:
             raise fs_error(errno.EINVAL, raw)  # Linux >= 6.4 refuses the combination
         if flags & os.O_CREAT:
             parent, name = self._parent(raw)
+            if raw.endswith(b"/"):
+                raise fs_error(errno.EISDIR, raw)  # Linux creates no file through a slash
+            if name in (b".", b".."):  # always an existing directory
+                raise fs_error(errno.EEXIST if flags & os.O_EXCL else errno.EISDIR, raw)
             try:  # the common case first: one transaction creates the file
                 fh, ino, _ = self.engine.create(
                     parent, name, mode & ~self.umask, flags | os.O_EXCL, self.caller
@@ -297,11 +341,11 @@ class PathFS:
         else:
             ino = self._walk(raw, follow)[0]
         attr = self.engine.getattr(ino)
-        if attr.type == TYPE_SYMLINK:
-            raise fs_error(errno.ELOOP, raw)
         is_dir = attr.type == TYPE_DIRECTORY
         if flags & os.O_DIRECTORY and not is_dir:
-            raise fs_error(errno.ENOTDIR, raw)
+            raise fs_error(errno.ENOTDIR, raw)  # before ELOOP for an unfollowed symlink
+        if attr.type == TYPE_SYMLINK:
+            raise fs_error(errno.ELOOP, raw)
         if flags & os.O_CREAT and is_dir:
             raise fs_error(errno.EISDIR, raw)
         return self._register(self.engine.open(ino, flags, self.caller), ino, flags, is_dir)
@@ -333,7 +377,7 @@ class PathFS:
         f = self._file(fd)
         # with O_APPEND the engine writes at the end whatever the offset (as Linux's pwrite)
         n = self.engine.write(f.fh, f.pos if offset is None else offset, data)
-        if offset is None:  # pwrite never moves the position
+        if offset is None and n:  # pwrite never moves the position, nor does writing nothing
             f.pos = self.engine.getattr(f.ino).length if f.flags & os.O_APPEND else f.pos + n
         return n
 

@@ -87,6 +87,14 @@ def check_name(name: bytes) -> None:
         raise fs_error(errno.ENAMETOOLONG, name)
 
 
+def check_symlink_target(target: bytes) -> None:
+    """ENOENT for an empty target, ENAMETOOLONG for one of ``MAX_SYMLINK`` bytes or more."""
+    if not target:
+        raise fs_error(errno.ENOENT)
+    if len(target) >= MAX_SYMLINK:
+        raise fs_error(errno.ENAMETOOLONG)
+
+
 def check_access(attr: Attr, mask: int, caller: Caller) -> None:
     """Raise EACCES unless ``caller`` has every permission in ``mask`` (R_OK|W_OK|X_OK)."""
     if mask == 0:

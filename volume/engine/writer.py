@@ -13,11 +13,14 @@ from ..juicefs import SliceRecord
 from .blocks import BlockStore
 
 
+PREALLOCATE_FROM = 256 << 10
+
+
 class SliceWriter:
     """One slice being written: contiguous bytes starting at chunk position ``pos``.
 
-    Bytes go into one block-sized buffer; a full buffer is handed to the block store as is (no
-    copy) and a fresh one is started, so a sequential writer copies each byte once.
+    Bytes go into a buffer holding one block; a full buffer is handed to the block store as is
+    (no copy) and a fresh one is started, so a sequential writer copies each byte once.
     """
 
     __slots__ = ("blocks", "id", "pos", "length", "frozen", "buf", "fill")
@@ -49,7 +52,9 @@ class SliceWriter:
         done = 0
         while done < len(view):
             if self.buf is None:
-                self.buf = bytearray(bs)
+                # large writes fill a preallocated block (no reallocation as it grows); small
+                # ones, often random, must not pay for a whole block each
+                self.buf = bytearray(bs) if len(view) - done >= PREALLOCATE_FROM else bytearray()
             n = min(len(view) - done, bs - rel)
             self.buf[rel : rel + n] = view[done : done + n]
             rel += n
