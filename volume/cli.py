@@ -138,6 +138,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if verified else 1
 
 
+# --------------------------------------------------------------------------- bench
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Measure the file system holding a directory as ``juicefs bench`` does."""
+    from .bench import run_bench
+
+    result = run_bench(
+        args.path, big_file_mb=args.big_file_size, small_file_kb=args.small_file_size,
+        small_files=args.small_file_count, threads=args.threads, block_size_mb=args.block_size,
+    )  # fmt: skip
+    _emit(args, result.as_dict(), lambda _: result.summary())
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -156,6 +171,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bucket", nargs="?", default="volume-demo-bucket", help="local bucket dir")
     p.add_argument("--name", help="volume name (default: demo-<8 hex>)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="measure a directory's file system as juicefs bench does")
+    p.add_argument("path", help="a directory on the file system to measure")
+    p.add_argument("--big-file-size", type=int, default=1024, metavar="MB", help="0 skips")
+    p.add_argument("--small-file-size", type=int, default=128, metavar="KB")
+    p.add_argument("--small-file-count", type=int, default=100, metavar="N", help="per thread")
+    p.add_argument("--threads", "-p", type=int, default=1, metavar="N", help="each its own files")
+    p.add_argument("--block-size", type=int, default=1, metavar="MB", help="size of each I/O")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -276,8 +276,9 @@ class Mount:
     engine: Engine
     meta_dir: MetaDir
     transport: str
-    mount_path: Optional[Path]
+    mount_path: Optional[Path] = None
     last_commit: Optional["ActionRef"] = None
+    kernel: Any = None  # the FuseMount when the transport is FUSE
     _fs: Any = field(default=None, repr=False)
 
     @property
@@ -295,8 +296,10 @@ class Mount:
         return self._fs
 
     def close(self, *, drain: bool) -> None:
-        """Stop the engine and release the store, the meta dir and the object store."""
+        """Unmount the kernel mount, stop the engine, release the stores and the meta dir."""
         try:
+            if self.kernel is not None:
+                self.kernel.stop()
             self.engine.close(drain=drain)
         finally:
             self.meta.close()
@@ -304,29 +307,78 @@ class Mount:
             self.objects.close()
 
 
+@dataclass(frozen=True)
+class KernelOptions:
+    """What a kernel (FUSE) mount is asked for."""
+
+    mount_path: Optional[Path]
+    timeout: float
+    attr_cache: float
+    entry_cache: float
+    dir_entry_cache: float
+
+
 def _pick_transport(transport: str) -> str:
+    """``"fuse"`` or ``"none"``; "auto" takes FUSE when it is usable and says why when not."""
     if transport not in TRANSPORTS:
         raise VolumeUsageError(
             f"unknown transport {transport!r}; use one of {', '.join(TRANSPORTS)}"
         )
+    if transport == "none":
+        return "none"
+    from .mount.fuse import fuse_usable
+
+    usable, why = fuse_usable()
+    if usable:
+        return "fuse"
     if transport == "fuse":
-        raise VolumeMountError(
-            "the FUSE transport is not available in this version; mount with transport='none' "
-            "and use the volume's fs"
-        )
-    if transport == "auto":
-        warnings.warn(
-            "kernel (FUSE) mounts are not available in this version; the volume is mounted "
-            "in-process: use its .fs",
-            RuntimeWarning,
-            stacklevel=4,
-        )
+        raise VolumeMountError(f"cannot mount with FUSE: {why}")
+    warnings.warn(
+        f"FUSE is not usable here ({why}); the volume is mounted in-process only: use its .fs",
+        RuntimeWarning,
+        stacklevel=4,
+    )
     return "none"
+
+
+def _default_mount_path(volume_name: str) -> Path:
+    return Path.home() / "volumes" / volume_name
+
+
+def _kernel_path(volume_name: str, kernel: KernelOptions, transport: str) -> Optional[Path]:
+    """The checked mount point of a FUSE mount (before anything is formatted or claimed, so a
+    bad path changes nothing); None for in-process mounts."""
+    if transport != "fuse":
+        return None
+    from .mount.fuse import prepare_mount_point
+
+    path = kernel.mount_path or _default_mount_path(volume_name)
+    prepare_mount_point(path)
+    return path
+
+
+def _attach(m: "Mount", kernel: KernelOptions, path: Optional[Path]) -> "Mount":
+    """Start the kernel mount of ``m`` at ``path`` (FUSE only); release ``m`` on failure."""
+    if path is None:
+        return m
+    from .mount.fuse import FuseMount
+
+    try:
+        m.kernel = FuseMount.start(
+            m.engine, path, read_only=not m.writable, attr_cache=kernel.attr_cache,
+            entry_cache=kernel.entry_cache, dir_entry_cache=kernel.dir_entry_cache,
+            timeout=kernel.timeout, fsname=f"volume:{m.volume_name}",
+        )  # fmt: skip
+    except BaseException:
+        m.close(drain=False)
+        raise
+    m.mount_path = path
+    return m
 
 
 def mount_ro(
     volume: "ROVolume",
-    mount_path: Optional[os.PathLike | str],
+    kernel: KernelOptions,
     meta_dir: Optional[os.PathLike | str],
     cache_dir: Optional[os.PathLike | str],
     transport: str,
@@ -340,13 +392,14 @@ def mount_ro(
             f"read-only; mount it as an RWVolume (volume.as_rw().mount()) to create it"
         )
     chosen = _pick_transport(transport)
+    path = _kernel_path(volume.name, kernel, chosen)
     objects = object_store(volume)
     md = MetaDir.acquire(meta_dir, volume.name)
     try:
         _stage_index(volume, objects, md, purpose="read")
         meta = _meta_class(volume).open(md.path, read_only=True)
         try:
-            engine = Engine(meta, objects, read_only=True)
+            engine = Engine(meta, objects, read_only=True, cache_dir=cache_dir)
         except BaseException:
             meta.close()
             raise
@@ -354,16 +407,12 @@ def mount_ro(
         md.release()
         objects.close()
         raise
-    return Mount(volume.name, False, objects, meta, engine, md, chosen, _path(mount_path))
-
-
-def _path(p: Optional[os.PathLike | str]) -> Optional[Path]:
-    return None if p is None else Path(p)
+    return _attach(Mount(volume.name, False, objects, meta, engine, md, chosen), kernel, path)
 
 
 def mount_rw(
     volume: "RWVolume",
-    mount_path: Optional[os.PathLike | str],
+    kernel: KernelOptions,
     meta_dir: Optional[os.PathLike | str],
     cache_dir: Optional[os.PathLike | str],
     transport: str,
@@ -375,6 +424,7 @@ def mount_rw(
     if volume._mount is not None:
         raise VolumeAlreadyMounted(f"volume {volume.name!r} is already mounted by this handle")
     chosen = _pick_transport(transport)
+    path = _kernel_path(volume.name, kernel, chosen)
     objects = object_store(volume)
     if not objects.capabilities.conditional_put and os.environ.get(ENV_SINGLE_WRITER) != "1":
         objects.close()
@@ -417,14 +467,17 @@ def mount_rw(
         md.set_marker(store=store_cls.name, state="in-use", domain=domain)
         with meta.transaction(write=True) as tx:
             enter_domain(tx, domain)
-        engine = Engine(meta, objects, upload_workers=upload_workers, buffer_bytes=buffer_bytes)
+        engine = Engine(
+            meta, objects, upload_workers=upload_workers, buffer_bytes=buffer_bytes,
+            cache_dir=cache_dir,
+        )  # fmt: skip
     except BaseException:
         with contextlib.suppress(Exception):
             meta.close()  # type: ignore[possibly-undefined]
         md.release()
         objects.close()
         raise
-    return Mount(volume.name, True, objects, meta, engine, md, chosen, _path(mount_path))
+    return _attach(Mount(volume.name, True, objects, meta, engine, md, chosen), kernel, path)
 
 
 def unmount(volume: "Volume") -> None:

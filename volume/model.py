@@ -19,6 +19,7 @@ behaviour lives in the lifecycle and mount layers.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import re
 import warnings
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Mapping, Optional, Union
@@ -171,6 +172,10 @@ def _describe_error(err: ErrorDetails) -> str:
     message = str(own) if isinstance(own, VolumeValidationError) else err["msg"]
     where = ".".join(map(str, err["loc"]))
     return f"{where}: {message}" if where else message
+
+
+def _as_path(p: PathArg) -> Optional[Path]:
+    return None if p is None else Path(p)
 
 
 # --------------------------------------------------------------------------- models
@@ -469,7 +474,10 @@ class ROVolume(_MountableVolume):
         """Mount this version read-only (``transport``: "auto", "fuse" or "none"); returns self."""
         from . import lifecycle
 
-        self._mount = lifecycle.mount_ro(self, mount_path, meta_dir, cache_dir, transport)
+        kernel = lifecycle.KernelOptions(
+            _as_path(mount_path), timeout, attr_cache, entry_cache, dir_entry_cache
+        )
+        self._mount = lifecycle.mount_ro(self, kernel, meta_dir, cache_dir, transport)
         return self
 
 
@@ -497,8 +505,11 @@ class RWVolume(_MountableVolume):
         """
         from . import lifecycle
 
+        kernel = lifecycle.KernelOptions(
+            _as_path(mount_path), timeout, attr_cache, entry_cache, dir_entry_cache
+        )
         self._mount = lifecycle.mount_rw(
-            self, mount_path, meta_dir, cache_dir, transport,
+            self, kernel, meta_dir, cache_dir, transport,
             upload_workers=upload_workers, buffer_bytes=buffer_size_mb << 20,
         )  # fmt: skip
         return self

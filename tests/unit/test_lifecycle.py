@@ -477,3 +477,35 @@ def test_damaged_index_leaves_nothing_trusted(bucket: str, tmp_path: Path, damag
             attempt()
         assert sorted(p.name for p in meta.iterdir()) == [".volume.lock"]
     assert not base.mounted
+
+
+# =========================================================================== block cache in cache_dir
+
+
+def test_cache_dir_serves_later_mounts_without_block_traffic(mem_bucket: str, tmp_path: Path) -> None:
+    payload = os.urandom(6 << 20)
+    base = committed(mem_bucket, content={"data": payload})
+    store = memory_store(mem_bucket)
+    cache = tmp_path / "cache"
+    with base.mount(cache_dir=cache, transport="none") as ro:
+        assert files(ro) == {"data": payload}
+    cached = [p for p in cache.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in cached) == len(payload)
+    assert all("/chunks/" in str(p) for p in cached)
+    before = store.stats.copy()
+    with base.mount(cache_dir=cache, transport="none") as ro:
+        assert files(ro) == {"data": payload}
+    assert (store.stats - before).get_bytes == base.index_bytes  # the index, not one block
+
+
+def test_disk_cache_stays_within_its_bound(tmp_path: Path) -> None:
+    from volume.engine.diskcache import DiskCache
+
+    cache = DiskCache(tmp_path / "c", capacity=10_000)
+    for i in range(10):
+        cache.put(f"v/chunks/0/0/{i}_0_3000", bytes([i]) * 3000)
+    assert cache.size <= 10_000
+    assert cache.get("v/chunks/0/0/9_0_3000") == bytes([9]) * 3000
+    assert cache.get("v/chunks/0/0/0_0_3000") is None  # the oldest went first
+    reopened = DiskCache(tmp_path / "c", capacity=10_000)
+    assert reopened.size == cache.size

@@ -1,0 +1,911 @@
+"""The FUSE transport: a kernel mount of an :class:`~volume.engine.Engine` through libfuse 3.
+
+:class:`FuseMount` runs libfuse's multithreaded loop (through mfusepy) in a daemon thread of this
+process. :class:`EngineOperations` translates libfuse's path-based calls to the engine's inode
+calls and does nothing else: permissions are checked by the kernel (``default_permissions``) and
+again by the engine, POSIX rules live in the engine, errors are the engine's errnos.
+
+libfuse's high-level API names every file by path, so the translator keeps a path -> inode cache
+(a mirror of the paths the kernel has looked up) that namespace changes invalidate. The mount is
+the only writer of its engine's namespace while it is mounted: changes made around it (through
+another ``PathFS`` on the same engine) are not seen by the kernel's caches or by this one.
+
+See ``spec/fuse.md`` for the mount options and what they map to.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import errno
+import functools
+import logging
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..engine import NOW, RENAME_EXCHANGE, ROOT, Caller, Engine
+from ..engine.posix import st_mode
+from ..errors import VolumeMountError, VolumeMountTimeout, VolumeSystemError
+from ..juicefs import ROOT_INODE, TYPE_DIRECTORY, Attr
+
+# mfusepy loads libfuse 2 when both are installed unless told otherwise; this module speaks 3.
+os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
+try:
+    import mfusepy
+except (ImportError, OSError, AttributeError) as exc:  # no libfuse, or one mfusepy refuses
+    mfusepy = None
+    _LIBFUSE_PROBLEM = f"libfuse 3 cannot be loaded ({exc}); install fuse3 (apt-get install fuse3)"
+else:
+    _LIBFUSE_PROBLEM = (
+        ""
+        if mfusepy.fuse_version_major == 3
+        else f"libfuse {mfusepy.fuse_version_major}.{mfusepy.fuse_version_minor} was loaded but "
+        f"libfuse 3 is needed; install fuse3 or set FUSE_LIBRARY_NAME=fuse3"
+    )
+
+log = logging.getLogger("volume.mount.fuse")
+
+__all__ = ["EngineOperations", "FuseMount", "fuse_usable"]
+
+DEV_FUSE = "/dev/fuse"
+FUSERMOUNT = "fusermount3"
+MAX_IO = 1 << 20  # largest read/write request: one engine call per MiB, not per page
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+FUSE_READDIR_PLUS = 1  # readdir flag: the kernel wants attributes with the names
+FUSE_FILL_DIR_PLUS = 2  # filler flag: this entry carries full attributes
+DIR_HANDLE = 1 << 63  # set in directory handles (their inode), never in engine file handles
+CACHE_LIMIT = 100_000  # entries per translator cache; a cache is dropped whole past this
+CAPABILITY = "security.capability"  # the kernel asks for it before every write
+HIDDEN_NAME = re.compile(r"\.fuse_hidden[0-9a-f]{16}")  # libfuse's names for unlinked open files
+PROBE_EXISTING_SECONDS = 5.0  # how long a mount already at the path may take to answer
+EXIT_JOIN_SECONDS = 2.0  # how long interpreter exit waits for an unmounted loop to end
+
+
+def fuse_usable() -> tuple[bool, str]:
+    """Whether FUSE mounts can work here; when not, the string says why and what to do."""
+    if not os.path.exists(DEV_FUSE):
+        return False, f"{DEV_FUSE} does not exist; load the fuse module (or pass the device in)"
+    try:
+        os.close(os.open(DEV_FUSE, os.O_RDWR))
+    except OSError as exc:
+        return False, f"{DEV_FUSE} cannot be opened ({exc.strerror}); run with access to it"
+    if _LIBFUSE_PROBLEM:
+        return False, _LIBFUSE_PROBLEM
+    if shutil.which(FUSERMOUNT) is None:
+        return False, f"{FUSERMOUNT} is not on PATH; install fuse3 (apt-get install fuse3)"
+    return True, ""
+
+
+# =========================================================================== the translator
+
+
+@dataclass(frozen=True)
+class _RequestCaller(Caller):
+    """The process behind a FUSE request. Its supplementary groups are read from ``/proc`` only
+    when the engine asks about a group other than the primary one (FUSE passes uid, gid and pid
+    only)."""
+
+    pid: int = 0
+
+    def in_group(self, gid: int) -> bool:
+        return gid == self.gid or gid in _supplementary_groups(self.pid)
+
+
+def _supplementary_groups(pid: int) -> tuple[int, ...]:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Groups:"):
+                    return tuple(int(g) for g in line.split()[1:])
+    except OSError:  # the process is gone: it has no groups to grant
+        pass
+    return ()
+
+
+@functools.lru_cache(maxsize=None)
+def _type_bits(node_type: int) -> int:
+    """The ``S_IFMT`` bits of a JuiceFS node type."""
+    return st_mode(Attr(type=node_type, mode=0))
+
+
+def _stat(ino: int, attr: Attr) -> dict[str, int]:
+    """What ``getattr`` returns (times in ns: the operations class sets ``use_ns``)."""
+    return {
+        "st_ino": ino,
+        "st_mode": st_mode(attr),
+        "st_nlink": attr.nlink,
+        "st_uid": attr.uid,
+        "st_gid": attr.gid,
+        "st_rdev": attr.rdev,
+        "st_size": attr.length,
+        "st_blocks": (attr.length + 511) // 512,
+        "st_blksize": 4096,
+        "st_atime": attr.atime_ns,
+        "st_mtime": attr.mtime_ns,
+        "st_ctime": attr.ctime_ns,
+    }
+
+
+def _bounded_add(cache: set[int], ino: int) -> None:
+    if len(cache) >= CACHE_LIMIT:
+        cache.clear()
+    cache.add(ino)
+
+
+def _split(path: str) -> tuple[str, bytes]:
+    """``"/a/b"`` -> ``("/a", b"b")``; libfuse's paths are absolute and normalised."""
+    head, _, name = path.rpartition("/")
+    return head or "/", os.fsencode(name)
+
+
+class EngineOperations:
+    """libfuse's path-based operations on an engine's inodes (the mfusepy ``Operations`` shape).
+
+    Methods raise ``OSError`` with the engine's errno. A file's ``fh`` is its engine handle; a
+    directory's is its inode with :data:`DIR_HANDLE` set (the engine has no directory handles).
+    """
+
+    use_ns = True  # mfusepy: times are integer nanoseconds
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._inodes: dict[str, int] = {"/": ROOT_INODE}
+        self._handle_inodes: dict[int, int] = {}
+        # Inodes known to have no security.capability: the kernel checks it (to drop file
+        # capabilities) before every write, which would otherwise cost a metadata transaction.
+        self._no_capability: set[int] = set()
+        # Inodes seen with several links. libfuse's high-level API gives each *name* its own
+        # kernel inode, so a change made through one name must invalidate the others' caches.
+        self._linked: set[int] = set()
+        self._fuse: int | None = None  # libfuse's struct fuse, for cache invalidations
+        # libfuse keeps an open file that loses its name under a hidden name, and names it by that
+        # path until the last close. The engine has unlinked it already (it keeps unlinked open
+        # inodes itself): the hidden paths map to their inodes here only, never in the volume.
+        self._hidden: dict[str, int] = {}
+        # (request id, path, inode) of each thread's last hide, by OS thread: ctypes gives every
+        # callback a fresh Python thread state, so threading.local would not last between two
+        self._last_hide: dict[int, tuple[int | None, str, int]] = {}
+
+    # ------------------------------------------------------------------ resolution
+
+    @staticmethod
+    def _caller() -> Caller:
+        uid, gid, pid = mfusepy.fuse_get_context()
+        return ROOT if uid == 0 and gid == 0 else _RequestCaller(uid, gid, pid=pid)
+
+    def _lookup(self, path: str) -> tuple[int, Attr]:
+        """Inode and attributes of ``path`` (one engine call when its directory is known)."""
+        ino = self._inodes.get(path)
+        if ino is not None:
+            try:
+                return ino, self.engine.getattr(ino)
+            except FileNotFoundError:
+                self._inodes.pop(path, None)  # removed behind the cache: look the name up again
+        hidden = self._hidden.get(path)
+        if hidden is not None:
+            return hidden, self.engine.getattr(hidden)
+        head, name = _split(path)
+        ino, attr = self.engine.lookup(self._inode(head), name, self._caller())
+        self._remember(path, ino)
+        return ino, attr
+
+    def _attrs(self, ino: int, attr: Attr) -> dict[str, int]:
+        if attr.nlink > 1 and attr.type != TYPE_DIRECTORY:
+            _bounded_add(self._linked, ino)
+        return _stat(ino, attr)
+
+    def _other_names(self, ino: int | None, path: str | None) -> list[str]:
+        """Known paths (hidden ones too) other than ``path`` naming ``ino``, when it has (had)
+        several links."""
+        if ino not in self._linked:
+            return []
+        named = list(self._inodes.items()) + list(self._hidden.items())
+        return [p for p, i in named if i == ino and p != path]
+
+    def _invalidate(self, paths: list[str]) -> None:
+        """Drop the kernel's attributes and pages of these names (other names of an inode this
+        request changed; never the request's own, which the kernel is busy with)."""
+        for path in paths:
+            _libfuse().fuse_invalidate_path(self._fuse, os.fsencode(path))
+
+    def _inode(self, path: str) -> int:
+        ino = self._inodes.get(path)
+        return ino if ino is not None else self._lookup(path)[0]
+
+    def _parent(self, path: str) -> tuple[int, bytes]:
+        head, name = _split(path)
+        return self._inode(head), name
+
+    def _target(self, path: str | None, fh: int | None) -> int:
+        """The inode a call is about: the open file's or directory's, else the path's."""
+        if fh is not None:
+            ino = fh & ~DIR_HANDLE if fh & DIR_HANDLE else self._handle_inodes.get(fh)
+            if ino is not None:
+                return ino
+        if path is None:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        return self._inode(path)
+
+    @property
+    def open_inodes(self) -> list[int]:
+        """The inode of every engine handle the kernel holds (one per open file description;
+        the kernel releases a closed file asynchronously)."""
+        return list(self._handle_inodes.values())
+
+    def _remember(self, path: str, ino: int) -> None:
+        if len(self._inodes) >= CACHE_LIMIT:
+            self._drop_paths()
+        self._inodes[path] = ino
+
+    def _forget(self, *paths: str) -> None:
+        for path in paths:
+            self._inodes.pop(path, None)
+
+    def _drop_paths(self) -> None:
+        # a new dict, not clear(): other threads never see the root missing
+        self._inodes = {"/": ROOT_INODE}
+
+    # ------------------------------------------------------------------ attributes
+
+    def getattr(self, path: str | None, fh: int | None = None) -> dict[str, int]:
+        if fh is None and path is not None:
+            ino, attr = self._lookup(path)
+        else:
+            ino = self._target(path, fh)
+            attr = self.engine.getattr(ino)
+        if attr.nlink and path in self._hidden:
+            attr.nlink += 1  # libfuse counts the hidden name as a link and takes one off
+        return self._attrs(ino, attr)
+
+    def _setattr(self, path: str | None, fh: int | None, **changes: Any) -> None:
+        ino = self._target(path, fh)
+        self.engine.setattr(ino, self._caller(), **changes)
+        self._invalidate(self._other_names(ino, path))
+
+    def access(self, path: str, amode: int) -> None:
+        self.engine.access(self._inode(path), amode, self._caller())
+
+    def chmod(self, path: str | None, mode: int, fh: int | None = None) -> None:
+        self._setattr(path, fh, mode=mode)
+
+    def chown(self, path: str | None, uid: int, gid: int, fh: int | None = None) -> None:
+        self._setattr(path, fh, uid=uid, gid=gid)
+
+    def truncate(self, path: str | None, length: int, fh: int | None = None) -> None:
+        self._setattr(path, fh, size=length, handle=fh)
+
+    def utimens(
+        self, path: str | None, atime: int | object | None, mtime: int | object | None,
+        fh: int | None = None,
+    ) -> None:  # fmt: skip
+        """Times in ns, :data:`~volume.engine.NOW`, or None to leave one unchanged."""
+        self._setattr(path, fh, atime_ns=atime, mtime_ns=mtime)
+
+    def statfs(self, path: str) -> dict[str, int]:
+        s = self.engine.statfs()
+        return {
+            "f_bsize": s.bsize,
+            "f_frsize": s.bsize,
+            "f_blocks": s.blocks,
+            "f_bfree": s.bfree,
+            "f_bavail": s.bavail,
+            "f_files": s.files,
+            "f_ffree": s.ffree,
+            "f_favail": s.ffree,
+            "f_namemax": s.namemax,
+        }
+
+    # ------------------------------------------------------------------ namespace
+
+    def mkdir(self, path: str, mode: int) -> None:
+        parent, name = self._parent(path)
+        ino, _ = self.engine.mkdir(parent, name, mode, self._caller())
+        self._remember(path, ino)
+
+    def mknod(self, path: str, mode: int, dev: int) -> None:
+        parent, name = self._parent(path)
+        ino, _ = self.engine.mknod(parent, name, mode, dev, self._caller())
+        self._remember(path, ino)
+
+    def symlink(self, path: str, target: str) -> None:
+        """``ln -s target path`` (mfusepy's order: the new link first)."""
+        parent, name = self._parent(path)
+        ino, _ = self.engine.symlink(parent, name, os.fsencode(target), self._caller())
+        self._remember(path, ino)
+
+    def readlink(self, path: str) -> str:
+        return os.fsdecode(self.engine.readlink(self._inode(path)))
+
+    def link(self, path: str, existing: str) -> None:
+        """``ln existing path`` (mfusepy's order: the new name first)."""
+        ino = self._inode(existing)
+        parent, name = self._parent(path)
+        self.engine.link(ino, parent, name, self._caller())
+        self._remember(path, ino)
+        _bounded_add(self._linked, ino)
+        self._invalidate(self._other_names(ino, path))
+
+    def unlink(self, path: str) -> None:
+        if self._hidden.pop(path, None) is not None:
+            return  # the last close of a file unlinked while open: the engine dropped it
+        parent, name = self._parent(path)
+        others = self._other_names(self._inodes.get(path), path)
+        try:
+            self.engine.unlink(parent, name, self._caller())
+        finally:
+            self._forget(path)
+        self._invalidate(others)
+
+    def rmdir(self, path: str) -> None:
+        parent, name = self._parent(path)
+        try:
+            self.engine.rmdir(parent, name, self._caller())
+        finally:
+            self._forget(path)
+
+    def rename(self, old: str, new: str, flags: int = 0) -> None:
+        """rename(2) / renameat2(2) (``RENAME_NOREPLACE``, ``RENAME_EXCHANGE``)."""
+        if not flags and HIDDEN_NAME.fullmatch(new.rpartition("/")[2]):
+            ino = self._inode(old)
+            if ino in self._handle_inodes.values():
+                self._hide(old, new, ino)
+                return
+        src_parent, src_name = self._parent(old)
+        dst_parent, dst_name = self._parent(new)
+        source = self._lookup_quietly(old)
+        hidden = self._hidden_by_this_request(new)
+        if hidden is not None and source is not None and source[0] == hidden:
+            # two names of one inode: rename(2) does nothing, but libfuse hid the target first
+            self.engine.link(hidden, dst_parent, dst_name, self._caller())
+            self._remember(new, hidden)
+            return
+        exchange = bool(flags & RENAME_EXCHANGE)
+        target = self._lookup_quietly(new) if exchange else None
+        replaced = [] if exchange else self._other_names(self._inodes.get(new), new)
+        self.engine.rename(src_parent, src_name, dst_parent, dst_name, flags, self._caller())
+        if source is None:
+            self._drop_paths()  # unknown before, moved now: nothing cached can be trusted
+        elif any(n is not None and n[1].type == TYPE_DIRECTORY for n in (source, target)):
+            self._move_paths(old, new, exchange)
+        else:
+            self._forget(old, new)
+            self._remember(new, source[0])
+            if target is not None:
+                self._remember(old, target[0])
+        self._invalidate(replaced)  # the names of the replaced inode lost a link
+
+    def _lookup_quietly(self, path: str) -> tuple[int, Attr] | None:
+        try:
+            return self._lookup(path)
+        except OSError:  # the engine call that follows says what is wrong
+            return None
+
+    def _move_paths(self, old: str, new: str, exchange: bool) -> None:
+        """Re-key cached paths at and below moved directories (with no exchange, nothing below
+        the replaced target survives)."""
+        moves = [(old, new), (new, old)] if exchange else [(old, new)]
+        for cache in (self._inodes, self._hidden):
+            moved: dict[str, int] = {}
+            for path in list(cache):
+                for src, dst in moves:
+                    if path == src or path.startswith(src + "/"):
+                        ino = cache.pop(path, None)
+                        if ino is not None:
+                            moved[dst + path[len(src) :]] = ino
+                        break
+                else:
+                    if not exchange and (path == new or path.startswith(new + "/")):
+                        cache.pop(path, None)
+            cache.update(moved)
+
+    def _hide(self, path: str, hidden_path: str, ino: int) -> None:
+        """libfuse hides an open file that is unlinked or renamed over: unlink it in the engine
+        (which keeps it until its last handle goes) and answer for the hidden path."""
+        parent, name = self._parent(path)
+        others = self._other_names(ino, path)
+        self.engine.unlink(parent, name, self._caller())
+        self._forget(path)
+        self._hidden[hidden_path] = ino
+        self._last_hide[threading.get_ident()] = (_request_id(), path, ino)
+        self._invalidate(others)
+
+    def _hidden_by_this_request(self, path: str) -> int | None:
+        """The inode libfuse hid at ``path`` while serving the current request (a rename over an
+        open file hides it first), else None."""
+        last = self._last_hide.pop(threading.get_ident(), None)
+        if last is None or last[0] is None or last[1] != path or last[0] != _request_id():
+            return None
+        return last[2]
+
+    def readdir(self, path: str | None, fh: int, plus: bool = False) -> Iterator[tuple[bytes, Any]]:
+        """``(name, stat)`` of ".", ".." and every entry; ``stat`` is full with ``plus``, else
+        type and inode only (".." carries none: its inode is not at hand)."""
+        ino = fh & ~DIR_HANDLE
+        try:
+            entries = self.engine.readdir(ino, self._caller(), plus=plus)
+        except FileNotFoundError:
+            if path is not None:
+                raise
+            entries = []  # removed while open (libfuse has no path for it): empty, as on Linux
+        yield b".", {"st_mode": stat.S_IFDIR, "st_ino": ino}
+        yield b"..", None
+        for name, child, node_type, attr in entries:
+            if attr is not None:
+                yield name, self._attrs(child, attr)
+            else:
+                yield name, {"st_mode": _type_bits(node_type), "st_ino": child}
+
+    def opendir(self, path: str) -> int:
+        return DIR_HANDLE | self._inode(path)  # the kernel opens only directories here
+
+    # ------------------------------------------------------------------ xattrs
+
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        ino = self._inode(path)
+        if name != CAPABILITY:
+            return self.engine.getxattr(ino, name)
+        if ino in self._no_capability:
+            raise OSError(errno.ENODATA, os.strerror(errno.ENODATA))
+        try:
+            return self.engine.getxattr(ino, name)
+        except OSError as exc:
+            if exc.errno == errno.ENODATA:
+                _bounded_add(self._no_capability, ino)
+            raise
+
+    def listxattr(self, path: str) -> list[str]:
+        return self.engine.listxattr(self._inode(path))
+
+    def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> None:
+        ino = self._inode(path)
+        self._no_capability.discard(ino)
+        self.engine.setxattr(ino, name, value, options, self._caller())
+
+    def removexattr(self, path: str, name: str) -> None:
+        self.engine.removexattr(self._inode(path), name, self._caller())
+
+    # ------------------------------------------------------------------ files
+
+    def open(self, path: str, flags: int) -> int:
+        ino = self._inode(path)
+        fh = self.engine.open(ino, flags, self._caller())
+        self._handle_inodes[fh] = ino
+        if flags & os.O_TRUNC:
+            self._invalidate(self._other_names(ino, path))
+        return fh
+
+    def create(self, path: str, mode: int, flags: int) -> int:
+        parent, name = self._parent(path)
+        caller = self._caller()
+        try:
+            fh, ino, _ = self.engine.create(parent, name, mode, flags | os.O_EXCL, caller)
+            _bounded_add(self._no_capability, ino)  # a new file has no extended attributes
+        except FileExistsError:
+            if flags & os.O_EXCL:
+                raise
+            # created meanwhile by someone else: open it, as open(2) without O_EXCL does
+            fh, ino, _ = self.engine.create(parent, name, mode, flags, caller)
+        self._handle_inodes[fh] = ino
+        self._remember(path, ino)
+        return fh
+
+    def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
+        return self.engine.read(fh, offset, size)
+
+    def write(self, path: str | None, data: memoryview, offset: int, fh: int) -> int:
+        """``data`` is valid during the call only (the engine copies it)."""
+        written = self.engine.write(fh, offset, data)
+        self._invalidate(self._other_names(self._handle_inodes.get(fh), path))
+        return written
+
+    def flush(self, path: str | None, fh: int) -> None:
+        self.engine.flush(fh)
+
+    def fsync(self, path: str | None, datasync: int, fh: int) -> None:
+        self.engine.fsync(fh)
+
+    def release(self, path: str | None, fh: int) -> None:
+        self._handle_inodes.pop(fh, None)
+        self.engine.release(fh)
+
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        """Ask for 1 MiB requests (libfuse caps them at its buffer size)."""
+        self._fuse = _libfuse().fuse_get_context().contents.fuse
+        conn.max_write = MAX_IO
+        conn.max_readahead = MAX_IO  # the kernel keeps the smaller of this and its own
+
+
+# =========================================================================== the libfuse session
+
+
+class _ContextAndRequest(ctypes.Structure):
+    """libfuse's ``fuse_context_i``: the public context, then the request being served."""
+
+    _fields_ = [
+        ("ctx", mfusepy.fuse_context if mfusepy is not None else ctypes.c_void_p),
+        ("req", ctypes.c_void_p),
+    ]
+
+
+class _RequestHead(ctypes.Structure):
+    """The first fields of libfuse's ``struct fuse_req``."""
+
+    _fields_ = [("session", ctypes.c_void_p), ("unique", ctypes.c_uint64)]
+
+
+def _request_id() -> int | None:
+    """The kernel's id of the request this thread serves, from libfuse internals stable since
+    libfuse 2 (None when there is no request)."""
+    context = _libfuse().fuse_get_context()
+    if not context:
+        return None
+    request = ctypes.cast(context, ctypes.POINTER(_ContextAndRequest)).contents.req
+    if not request:
+        return None
+    return ctypes.cast(request, ctypes.POINTER(_RequestHead)).contents.unique
+
+
+@functools.lru_cache(maxsize=None)
+def _libfuse() -> Any:
+    """The libfuse library mfusepy loaded, with the one call mfusepy does not wrap declared."""
+    lib = mfusepy._libfuse
+    lib.fuse_invalidate_path.argtypes = (ctypes.c_void_p, ctypes.c_char_p)
+    lib.fuse_invalidate_path.restype = ctypes.c_int
+    return lib
+
+
+class _LibfuseSession(mfusepy.FUSE if mfusepy is not None else object):  # type: ignore[misc]
+    """mfusepy's ``FUSE`` (which runs the loop in its constructor) with what it drops passed on.
+
+    mfusepy's libfuse 3 callbacks drop rename's flags, the open file of truncate / chmod / chown /
+    utimens, UTIME_NOW / UTIME_OMIT, and readdirplus attributes; it inspects ``create``'s
+    signature on every call, copies every write, accepts only ``bytes`` from ``read``, and answers
+    EINVAL for failures that are not ``OSError``. These overrides pass the arguments through, hand
+    writes over as views, copy any bytes-like read result, and answer EIO for failures of the
+    system (the stores, bugs), logging them.
+    """
+
+    def _wrapper(self, func: Any, *args: Any, **kwargs: Any) -> int:
+        try:
+            return func(*args, **kwargs) or 0
+        except OSError as exc:
+            if exc.errno and exc.errno > 0 and not isinstance(exc, VolumeSystemError):
+                return -exc.errno
+            log.error("FUSE %s failed: %s", func.__name__, exc)
+        except BaseException:
+            log.exception("FUSE %s failed", func.__name__)
+        return -errno.EIO
+
+    def _str(self, path: bytes | None) -> str | None:
+        return None if path is None else path.decode(self.encoding, self.errors)
+
+    @staticmethod
+    def _fh(fip: Any) -> int | None:
+        return fip.contents.fh if fip else None
+
+    def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
+        return self.operations.rename(self._str(old), self._str(new), flags)
+
+    def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
+        return self.operations.truncate(self._str(path), length, self._fh(fip))
+
+    def chmod_fuse_3(self, path: bytes | None, mode: int, fip: Any) -> int:
+        return self.operations.chmod(self._str(path), mode, self._fh(fip))
+
+    def chown_fuse_3(self, path: bytes | None, uid: int, gid: int, fip: Any) -> int:
+        # (uid_t) -1 and (gid_t) -1 mean "unchanged"
+        uid = -1 if uid == 0xFFFFFFFF else uid
+        gid = -1 if gid == 0xFFFFFFFF else gid
+        return self.operations.chown(self._str(path), uid, gid, self._fh(fip))
+
+    def utimens_fuse_3(self, path: bytes | None, buf: Any, fip: Any) -> int:
+        if buf:
+            atime, mtime = (_utime(ts) for ts in (buf.contents.actime, buf.contents.modtime))
+        else:
+            atime = mtime = NOW
+        return self.operations.utimens(self._str(path), atime, mtime, self._fh(fip))
+
+    def create(self, path: bytes, mode: int, fip: Any) -> int:
+        fi = fip.contents
+        fi.fh = self.operations.create(self._str(path), mode, fi.flags)
+        return 0
+
+    def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
+        # the engine may answer with any bytes-like object (a bytearray from its write buffers)
+        data = self.operations.read(self._str(path), size, offset, fip.contents.fh)
+        n = len(data)
+        if n:
+            target = ctypes.cast(buf, ctypes.POINTER(ctypes.c_char * n)).contents
+            memoryview(target).cast("B")[:] = data
+        return n
+
+    def write(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
+        # a view of libfuse's request buffer, not a copy: the engine copies what it keeps
+        data = ctypes.cast(buf, ctypes.POINTER(ctypes.c_char * size)).contents
+        return self.operations.write(self._str(path), memoryview(data), offset, fip.contents.fh)
+
+    def readdir_fuse_3(
+        self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int
+    ) -> int:
+        plus = bool(flags & FUSE_READDIR_PLUS)
+        st = mfusepy.c_stat()
+        for name, attrs in self.operations.readdir(self._str(path), fip.contents.fh, plus):
+            if attrs is None:
+                fill, fill_flags = None, 0
+            else:
+                ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
+                mfusepy.set_st_attrs(st, attrs, use_ns=True)
+                fill = st
+                fill_flags = FUSE_FILL_DIR_PLUS if plus and name not in (b".", b"..") else 0
+            if filler(buf, name, fill, 0, fill_flags):
+                break  # libfuse's buffer is full
+        return 0
+
+
+def _utime(ts: Any) -> int | object | None:
+    if ts.tv_nsec == UTIME_NOW:
+        return NOW
+    if ts.tv_nsec == UTIME_OMIT:
+        return None
+    return ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+
+
+# =========================================================================== mount points
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo path field (spaces, tabs, newlines and backslashes are octal escapes)."""
+    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(code, char)
+    return field
+
+
+def _mount_at(path: Path) -> tuple[str, str] | None:
+    """``(fstype, "major:minor")`` of the topmost mount at ``path``, from mountinfo (no file-system
+    call: a mount whose daemon hangs must not hang the caller)."""
+    found = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields, _, rest = line.partition(" - ")
+            parts = fields.split()
+            if len(parts) > 4 and _unescape(parts[4]) == str(path):
+                found = (rest.split()[0], parts[2])
+    return found
+
+
+def _probe(path: Path, seconds: float) -> os.stat_result | OSError | None:
+    """Ask the file system at ``path`` for its statistics and attributes, in a helper thread: the
+    attributes, the error, or None when no answer came within ``seconds`` (the thread is left
+    blocked in the kernel until the mount answers or goes). ``statvfs`` always reaches the FUSE
+    daemon, where ``stat`` may be answered from the kernel's attribute cache."""
+    outcome: list[os.stat_result | OSError] = []
+
+    def probe() -> None:
+        try:
+            os.statvfs(path)
+            outcome.append(os.stat(path))
+        except OSError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=probe, name=f"fuse-probe:{path}", daemon=True)
+    thread.start()
+    thread.join(max(seconds, 0.0))
+    return outcome[0] if outcome else None
+
+
+def _fusermount(path: Path, *flags: str) -> bool:
+    """``fusermount3 -u [flags] path``; whether it succeeded."""
+    done = subprocess.run(
+        [FUSERMOUNT, "-u", *flags, str(path)], capture_output=True, text=True, check=False
+    )
+    if done.returncode:
+        log.debug("%s -u %s %s: %s", FUSERMOUNT, " ".join(flags), path, done.stderr.strip())
+    return done.returncode == 0
+
+
+def prepare_mount_point(path: str | os.PathLike) -> Path:
+    """Check a mount point before anything is mounted there, and return it absolute.
+
+    Refuses files, non-empty directories and live mount points (:class:`VolumeMountError`),
+    unmounts a dead FUSE mount left by a killed process, and creates a missing directory.
+    """
+    path = Path(os.path.realpath(Path(path).parent)) / Path(path).name  # the mountinfo spelling
+    if _mount_at(path) is not None:
+        probed = _probe(path, PROBE_EXISTING_SECONDS)
+        if isinstance(probed, OSError) and probed.errno in (errno.ENOTCONN, errno.ECONNABORTED):
+            log.warning("%s: cleaning a dead FUSE mount (its process was killed)", path)
+            _fusermount(path, "-z")
+        else:
+            raise VolumeMountError(
+                f"{path} is already a mount point; unmount it ({FUSERMOUNT} -u {path}) or choose "
+                f"another mount path"
+            )
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise VolumeMountError(f"mount path {path} is not a directory; pass a directory path")
+    if path.is_dir():
+        if any(path.iterdir()):
+            raise VolumeMountError(
+                f"mount path {path} is not empty; pass an empty or missing directory"
+            )
+    else:
+        path.mkdir(parents=True)
+    return path
+
+
+# =========================================================================== the mount
+
+
+class FuseMount:
+    """A kernel mount of an engine, served by a daemon thread of this process.
+
+    Use :meth:`start`; :meth:`stop` unmounts (it also runs at interpreter exit).
+    """
+
+    def __init__(self, engine: Engine, mount_path: Path, options: dict[str, Any]):
+        self.engine = engine
+        self.mount_path = mount_path
+        self.options = options
+        self.operations = EngineOperations(engine)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._serve, name=f"fuse:{mount_path}", daemon=True
+        )
+        self._stop_lock = threading.Lock()
+        self._stopped = False
+
+    @classmethod
+    def start(
+        cls,
+        engine: Engine,
+        mount_path: Path,
+        *,
+        read_only: bool,
+        attr_cache: float,
+        entry_cache: float,
+        dir_entry_cache: float,
+        timeout: float,
+        fsname: str,
+    ) -> "FuseMount":
+        """Mount ``engine`` at ``mount_path`` and return once the kernel gets answers from it.
+
+        ``attr_cache`` / ``entry_cache`` / ``dir_entry_cache`` are the kernel's attribute, entry
+        and negative-entry cache times in seconds. Raises :class:`VolumeMountError` when FUSE is
+        unusable or the path is a file, a non-empty directory or a live mount point, and
+        :class:`VolumeMountTimeout` (with nothing left mounted) when the mount does not answer
+        within ``timeout`` seconds.
+        """
+        usable, why = fuse_usable()
+        if not usable:
+            raise VolumeMountError(f"cannot mount with FUSE: {why}")
+        mount_path = prepare_mount_point(mount_path)
+        options: dict[str, Any] = {
+            "fsname": fsname,
+            "subtype": "volume",
+            "default_permissions": True,
+            "use_ino": True,
+            "attr_timeout": float(attr_cache),
+            "entry_timeout": float(entry_cache),
+            "negative_timeout": float(dir_entry_cache),
+            "max_idle_threads": 10,  # libfuse 3.14's default is out of range: it says so on stderr
+        }
+        if os.geteuid() == 0:
+            options["allow_other"] = True  # as JuiceFS: other users' processes see a root mount
+        if read_only:
+            options.update(ro=True, kernel_cache=True)  # nothing changes: keep the page cache
+        else:
+            options["auto_cache"] = True  # keep the page cache while mtime and size agree
+        mount = cls(engine, mount_path, options)
+        previous_handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGHUP, signal.SIGTERM)}
+        mount._thread.start()
+        atexit.register(mount._stop_at_exit)
+        try:
+            mount._wait_ready(timeout)
+        except BaseException:
+            mount._abandon()
+            raise
+        mount._restore_signal_handlers(previous_handlers)
+        mount._raise_readahead()
+        return mount
+
+    def _serve(self) -> None:
+        try:
+            _LibfuseSession(
+                self.operations, str(self.mount_path), foreground=True, **self.options
+            )
+        except BaseException as exc:  # reported by start(); a clean unmount returns normally
+            self._error = exc
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not (_mount_at(self.mount_path) or ("",))[0].startswith("fuse"):
+            if not self._thread.is_alive():
+                raise VolumeMountError(
+                    f"libfuse could not mount {self.mount_path} ({self._error!r}); its message is "
+                    f"on stderr"
+                )
+            if time.monotonic() > deadline:
+                raise self._timeout(timeout)
+            time.sleep(0.005)
+        probed = _probe(self.mount_path, deadline - time.monotonic())
+        if probed is None:
+            raise self._timeout(timeout)
+        if isinstance(probed, OSError):
+            raise VolumeMountError(f"the new mount at {self.mount_path} fails: {probed}")
+
+    def _timeout(self, timeout: float) -> VolumeMountTimeout:
+        return VolumeMountTimeout(
+            f"the FUSE mount at {self.mount_path} did not answer within {timeout} s; it was "
+            f"unmounted again. Retry with a longer timeout, or check the metadata and object "
+            f"stores it reads"
+        )
+
+    def _abandon(self) -> None:
+        """Undo a failed start: detach the mount at once. The loop ends by itself once the
+        calls in flight return (a hung engine call keeps it, and only it, alive)."""
+        with self._stop_lock:
+            self._stopped = True
+        atexit.unregister(self._stop_at_exit)
+        if _mount_at(self.mount_path) is not None:
+            _fusermount(self.mount_path, "-z")
+        self._thread.join(1.0)
+
+    def _raise_readahead(self) -> None:
+        """Let sequential reads arrive as 1 MiB requests: the kernel caps FUSE readahead at its
+        128 KiB default whatever the daemon asks, unless the mount's bdi says otherwise (only
+        root may set it; others keep 128 KiB requests)."""
+        mounted = _mount_at(self.mount_path)
+        if mounted is None:
+            return
+        try:
+            with open(f"/sys/class/bdi/{mounted[1]}/read_ahead_kb", "w") as f:
+                f.write(str(MAX_IO // 1024))
+        except OSError as exc:
+            log.debug("%s: kernel readahead left at its default: %s", self.mount_path, exc)
+
+    def _restore_signal_handlers(self, handlers: dict[int, Any]) -> None:
+        """libfuse takes SIGHUP and SIGTERM to end its loop; give them back to the process (a
+        terminated process should terminate, not just lose its mount)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig, handler in handlers.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+
+    @property
+    def mounted(self) -> bool:
+        """Whether the mount is up (its loop runs and the kernel lists it)."""
+        return self._thread.is_alive() and _mount_at(self.mount_path) is not None
+
+    def _stop_at_exit(self) -> None:
+        # briefly: files this process still holds open keep a lazy unmount's loop running
+        self.stop(timeout=EXIT_JOIN_SECONDS)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Unmount (lazily when busy) and wait for the loop to end; idempotent."""
+        with self._stop_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        atexit.unregister(self._stop_at_exit)
+        if _mount_at(self.mount_path) is not None and not _fusermount(self.mount_path):
+            log.warning("%s is busy: unmounting lazily", self.mount_path)
+            _fusermount(self.mount_path, "-z")
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning(
+                "the FUSE loop of %s still runs %.0f s after unmounting (open files keep a lazy "
+                "unmount alive)", self.mount_path, timeout,
+            )  # fmt: skip
+
+    def __repr__(self) -> str:
+        return f"FuseMount({str(self.mount_path)!r}, mounted={self.mounted})"
