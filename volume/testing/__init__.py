@@ -18,6 +18,9 @@ _EXPORTS = {
     "ObjectStoreTests": "volume.testing.objectstore",
     "MetaStoreTests": "volume.testing.metastore",
     "MemoryObjectStore": "volume.testing.memory",
+    "FSMachine": "volume.testing.fsmachine",
+    "EngineMachine": "volume.testing.fsmachine",
+    "OsDir": "volume.testing.fsmachine",
 }
 
 __all__ = sorted(_EXPORTS)
