@@ -500,24 +500,39 @@ class Engine:
         """Remove a non-directory entry; the inode goes when its last link and handle do."""
         if name in (b".", b".."):
             raise fs_error(errno.EISDIR, name)
+        self._remove_entry(parent, name, caller, directory=False)
+
+    def rmdir(self, parent: int, name: bytes, caller: Caller = ROOT) -> None:
+        """Remove an empty directory."""
+        if name == b".":
+            raise fs_error(errno.EINVAL)
+        if name == b"..":
+            raise fs_error(errno.ENOTEMPTY)
+        self._remove_entry(parent, name, caller, directory=True)
+
+    def _remove_entry(self, parent: int, name: bytes, caller: Caller, *, directory: bool) -> None:
+        """unlink(2) or rmdir(2): drop the entry and one link of the inode it names."""
         check_name(name)
-        with self._lock:  # the open-inode table decides whether the inode survives
-            with self._txn(write=True) as tx:
-                pattr = self._dir(tx, parent, caller, W_OK | X_OK)
-                entry = tx.lookup(parent, name)
-                if entry is None:
-                    raise fs_error(errno.ENOENT, name)
-                ino = entry[0]
-                attr = self._attr(tx, ino)
-                if attr.type == TYPE_DIRECTORY:
-                    raise fs_error(errno.EISDIR, name)
-                check_sticky(pattr, attr, caller)
-                now = time.time_ns()
-                tx.remove_entry(parent, name)
-                pattr.mtime_ns = pattr.ctime_ns = now
-                tx.set_attr(parent, pattr)
-                tx.update_dir_stats(parent, -_stats_length(attr), -_space(attr), -1)
-                self._unref(tx, ino, attr, now)
+        with self._lock, self._txn(write=True) as tx:  # the open-inode table is consulted
+            pattr = self._dir(tx, parent, caller, W_OK | X_OK)
+            entry = tx.lookup(parent, name)
+            if entry is None:
+                raise fs_error(errno.ENOENT, name)
+            ino = entry[0]
+            attr = self._attr(tx, ino)
+            if (attr.type == TYPE_DIRECTORY) != directory:
+                raise fs_error(errno.ENOTDIR if directory else errno.EISDIR, name)
+            check_sticky(pattr, attr, caller)
+            if directory and tx.has_entries(ino):
+                raise fs_error(errno.ENOTEMPTY, name)
+            now = time.time_ns()
+            tx.remove_entry(parent, name)
+            if directory:
+                pattr.nlink -= 1
+            pattr.mtime_ns = pattr.ctime_ns = now
+            tx.set_attr(parent, pattr)
+            tx.update_dir_stats(parent, -_stats_length(attr), -_space(attr), -1)
+            self._unref(tx, ino, attr, now)
 
     def _unref(self, tx: MetaTxn, ino: int, attr: Attr, now: int) -> None:
         """Drop one link (a directory's only one); delete the inode unless links or open
@@ -534,33 +549,6 @@ class Engine:
             tx.set_attr(ino, attr)
         else:
             self._drop_inode(tx, ino, attr)
-
-    def rmdir(self, parent: int, name: bytes, caller: Caller = ROOT) -> None:
-        """Remove an empty directory."""
-        if name == b".":
-            raise fs_error(errno.EINVAL)
-        if name == b"..":
-            raise fs_error(errno.ENOTEMPTY)
-        check_name(name)
-        with self._lock, self._txn(write=True) as tx:  # the open-inode table is consulted
-            pattr = self._dir(tx, parent, caller, W_OK | X_OK)
-            entry = tx.lookup(parent, name)
-            if entry is None:
-                raise fs_error(errno.ENOENT, name)
-            ino = entry[0]
-            attr = self._attr(tx, ino)
-            if attr.type != TYPE_DIRECTORY:
-                raise fs_error(errno.ENOTDIR, name)
-            check_sticky(pattr, attr, caller)
-            if tx.has_entries(ino):
-                raise fs_error(errno.ENOTEMPTY, name)
-            now = time.time_ns()
-            tx.remove_entry(parent, name)
-            pattr.nlink -= 1
-            pattr.mtime_ns = pattr.ctime_ns = now
-            tx.set_attr(parent, pattr)
-            tx.update_dir_stats(parent, 0, -_space(attr), -1)
-            self._unref(tx, ino, attr, now)
 
     def _is_descendant(self, tx: MetaTxn, ino: int, ancestor: int) -> bool:
         """Whether directory ``ino`` is ``ancestor`` or lies below it."""
