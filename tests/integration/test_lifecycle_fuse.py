@@ -81,3 +81,36 @@ def test_interpreter_exit_unmounts(tmp_path: Path) -> None:
     )
     assert "mounted" in out.stdout, out.stderr
     assert not os.path.ismount(mnt)
+
+
+def test_killing_the_mounting_process_leaves_committed_versions_intact(tmp_path: Path) -> None:
+    import json
+    import signal
+
+    mnt, doc = tmp_path / "mnt", tmp_path / "version.json"
+    script = textwrap.dedent(
+        f"""
+        import os, time
+        from volume import Volume
+        rw = Volume.new("killed", bucket={str(tmp_path / "bucket")!r}).mount(mount_path={str(mnt)!r})
+        open({str(mnt / "kept.txt")!r}, "w").write("committed")
+        open({str(doc)!r}, "w").write(rw.commit("before the kill").model_dump_json())
+        with open({str(mnt / "lost.bin")!r}, "wb") as f:
+            f.write(os.urandom(8 << 20))
+        print("ready", flush=True)
+        time.sleep(60)
+        """
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-W", "ignore", "-c", script], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout.readline().strip() == "ready"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+    version = Volume.parse(json.loads(doc.read_text())).as_ro()
+    with version.mount(mount_path=tmp_path / "ro") as ro:
+        assert sorted(os.listdir(tmp_path / "ro")) == ["kept.txt"]
+        assert (tmp_path / "ro" / "kept.txt").read_text() == "committed"
