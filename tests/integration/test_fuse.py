@@ -6,9 +6,9 @@ import errno
 import hashlib
 import os
 import random
+import shutil
 import signal
 import stat
-import shutil
 import subprocess
 import sys
 import tempfile
