@@ -23,12 +23,11 @@ import os
 import secrets
 import shutil
 import tempfile
-import time
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
 from . import plugins
 from .allocator import advance_counters, claim_domain, enter_domain
@@ -702,7 +701,8 @@ def migrate(
                 parent=volume.produced_by,
             )
     finally:
-        dst_dir.clear(target_cls) if dst_dir.owned else None
+        if dst_dir.owned:
+            dst_dir.clear(target_cls)
         dst_dir.release()
         src_dir.release()
         objects.close()
@@ -723,11 +723,3 @@ def from_locator(uri: str) -> "ROVolume":
     except FileNotFoundError as exc:
         raise VolumeIndexCorrupt(f"no version document at {uri!r}") from exc
     return ROVolume.parse(data)
-
-
-@contextlib.contextmanager
-def timed(what: str) -> Iterator[None]:
-    """Log how long a verb took."""
-    start = time.perf_counter()
-    yield
-    log.info("%s took %.3f s", what, time.perf_counter() - start)
