@@ -2,15 +2,19 @@
 
 Run: ``python -m pytest -m bench tests/bench/test_engine_bench.py -s``
 Goals (issue: the engine): sequential write and read with 1 MiB I/O >= 0.5x plain file I/O.
+
+The two sides run back to back in each round, in alternating order, and the goal is checked on
+the median of the per-round ratios: on a virtual machine the same write swings between ~0.4 and
+~5 GB/s with the host's state, which moves both sides of one round together but not two rounds.
 """
 
 from __future__ import annotations
 
 import os
+import statistics
+from functools import partial
 import time
 from pathlib import Path
-
-import pytest
 
 from volume.engine import Engine, PathFS, format_volume, new_format
 from volume_local import LocalObjectStore
@@ -21,7 +25,7 @@ from .conftest import bench_bytes
 IO = 1 << 20
 TOTAL = bench_bytes(1 << 30)
 SMALL_FILES = int(os.environ.get("VOLUME_BENCH_SMALL_FILES", 10_000))
-ROUNDS = int(os.environ.get("VOLUME_BENCH_ROUNDS", 3))
+ROUNDS = int(os.environ.get("VOLUME_BENCH_ROUNDS", 5))
 
 
 def _payload() -> bytes:
@@ -36,6 +40,8 @@ def _timed(fn) -> float:
 
 
 def _plain_write(path: Path, buf: bytes) -> None:
+    # a new file each round, as the volume writes new blocks: truncating the previous round's
+    # file first would charge the baseline for freeing 1 GiB of disk (a discard, on some disks)
     with open(path, "wb", buffering=0) as f:
         for _ in range(TOTAL // IO):
             f.write(buf)
@@ -52,7 +58,9 @@ class Volume:
         self.objects = LocalObjectStore.from_uri(str(root / "bucket"))
         self.meta_dir = root / "meta"
         meta = SQLiteMetaStore.open(self.meta_dir)
-        format_volume(meta, self.objects, new_format(name, storage="file", bucket=f"{root}/bucket/"))
+        format_volume(
+            meta, self.objects, new_format(name, storage="file", bucket=f"{root}/bucket/")
+        )
         meta.close()
 
     def engine(self) -> tuple[Engine, PathFS]:
@@ -83,22 +91,30 @@ def _vol_read(vol: Volume) -> None:
 
 def test_sequential_throughput(tmp_path: Path) -> None:
     buf = _payload()
-    plain = tmp_path / "plain.bin"
     vol = Volume(tmp_path)
     mib = TOTAL / (1 << 20)
-    # interleaved, best of ROUNDS: the page cache's dirty-page state swings single runs by 5x
-    t_plain_w = t_vol_w = t_plain_r = t_vol_r = float("inf")
-    for _ in range(ROUNDS):
-        t_plain_w = min(t_plain_w, _timed(lambda: _plain_write(plain, buf)))
-        t_vol_w = min(t_vol_w, _timed(lambda: _vol_write(vol, buf)))
-        t_plain_r = min(t_plain_r, _timed(lambda: _plain_read(plain)))
-        t_vol_r = min(t_vol_r, _timed(lambda: _vol_read(vol)))
-    w_ratio, r_ratio = t_plain_w / t_vol_w, t_plain_r / t_vol_r
+    rows = []
+    for r in range(ROUNDS):
+        plain = tmp_path / f"plain-{r}.bin"
+        # both sides of a phase back to back; who goes first alternates between rounds
+        write = [partial(_plain_write, plain, buf), partial(_vol_write, vol, buf)]
+        read = [partial(_plain_read, plain), partial(_vol_read, vol)]
+        order = slice(None) if r % 2 == 0 else slice(None, None, -1)
+        w_times = [_timed(fn) for fn in write[order]][order]
+        r_times = [_timed(fn) for fn in read[order]][order]
+        rows.append((*w_times, *r_times))
     print(
-        f"\n{'':<8}{'plain MiB/s':>12}{'volume MiB/s':>14}{'ratio':>8}\n"
-        f"{'write':<8}{mib / t_plain_w:>12.0f}{mib / t_vol_w:>14.0f}{w_ratio:>8.2f}\n"
-        f"{'read':<8}{mib / t_plain_r:>12.0f}{mib / t_vol_r:>14.0f}{r_ratio:>8.2f}"
+        f"\n{'round':<6}{'write MiB/s: plain':>19}{'volume':>8}{'ratio':>7}"
+        f"{'read MiB/s: plain':>19}{'volume':>8}{'ratio':>7}"
     )
+    for r, (pw, vw, pr, vr) in enumerate(rows):
+        print(
+            f"{r:<6}{mib / pw:>19.0f}{mib / vw:>8.0f}{pw / vw:>7.2f}"
+            f"{mib / pr:>19.0f}{mib / vr:>8.0f}{pr / vr:>7.2f}"
+        )
+    w_ratio = statistics.median(pw / vw for pw, vw, _, _ in rows)
+    r_ratio = statistics.median(pr / vr for _, _, pr, vr in rows)
+    print(f"median ratio: write {w_ratio:.2f}, read {r_ratio:.2f} (goal >= 0.5 each)")
     assert w_ratio >= 0.5, f"sequential write at {w_ratio:.2f}x plain file I/O (goal 0.5x)"
     assert r_ratio >= 0.5, f"sequential read at {r_ratio:.2f}x plain file I/O (goal 0.5x)"
 

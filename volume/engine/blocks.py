@@ -101,6 +101,11 @@ class BlockStore:
             # no network latency to hide: more threads only contend for the GIL with the caller
             upload_workers = min(upload_workers, LOCAL_UPLOAD_WORKERS)
         self._uploader = ThreadPoolExecutor(upload_workers, thread_name_prefix="volume-upload")
+        # Stored block buffers of local stores are recycled: a fresh 4 MiB buffer is faulted in
+        # page by page, which costs about as much as the copy into it. Enough spares to keep
+        # every upload thread and the writer busy; more would only hold memory.
+        self._spares: list[bytearray] = []
+        self._max_spares = 2 * upload_workers
         self._reader = ThreadPoolExecutor(read_workers, thread_name_prefix="volume-read")
         self._fetching: dict[str, Future[bytes]] = {}
         # Local stores are read in place, range by range: the page cache is their block cache,
@@ -125,6 +130,14 @@ class BlockStore:
         return min(self.block_bytes, size - indx * self.block_bytes)
 
     # ------------------------------------------------------------------ uploads
+
+    def block_buffer(self) -> bytearray:
+        """A buffer of one block's size to fill and hand to :meth:`upload` (a recycled one when
+        there is one, so its content is arbitrary)."""
+        with self._cond:
+            if self._spares:
+                return self._spares.pop()
+        return bytearray(self.block_bytes)
 
     def upload(self, slice_id: int, indx: int, data: bytes | bytearray) -> None:
         """Hand a block over for upload; returns once it is readable (and the upload queued).
@@ -167,10 +180,21 @@ class BlockStore:
                 log.error("upload of block %s failed: %s", key, error)
                 self._failed[key] = error
             self._cond.notify_all()
-        if error is None and not self._direct:
-            self._cache.put(key, data)
-            if self._disk is not None:
-                self._disk.put(key, data)
+        if error is None:
+            if self._direct:
+                self._recycle(data)
+            else:
+                self._cache.put(key, data)
+                if self._disk is not None:
+                    self._disk.put(key, data)
+
+    def _recycle(self, data: bytes | bytearray) -> None:
+        """Keep a stored block's buffer for :meth:`block_buffer`. Only called once the block left
+        ``_pending`` (under the lock readers copy it under), so no reader can still see it."""
+        if isinstance(data, bytearray) and len(data) == self.block_bytes:
+            with self._cond:
+                if len(self._spares) < self._max_spares:
+                    self._spares.append(data)
 
     def _put_if_absent(self, key: str, data: bytes) -> None:
         try:
@@ -245,9 +269,14 @@ class BlockStore:
             pos += n
         return bytes(out)
 
+    @property
+    def prefetches(self) -> bool:
+        """Whether :meth:`prefetch` does anything (not for local stores, whose reads are served
+        by the page cache)."""
+        return not self._direct
+
     def prefetch(self, slice_id: int, size: int, off: int, length: int) -> None:
-        """Start fetching the blocks holding [off, off+length) in the background (not for local
-        stores, whose reads are served by the page cache)."""
+        """Start fetching the blocks holding [off, off+length) in the background."""
         if self._direct:
             return
         for indx in self.block_range(size, off, length):
@@ -262,15 +291,19 @@ class BlockStore:
         """Bytes [start, start+n) of one block."""
         bsize = self._bsize(size, indx)
         key = self.key(slice_id, indx, bsize)
-        data = self._pending.get(key)
-        if data is None and not self._direct:
-            data = self._cache.get(key)
-        if data is not None:
-            self.stats.cache_hits += 1
-            return data[start : start + n] if (start, n) != (0, len(data)) else data
+        if key in self._pending:
+            with self._cond:  # copied under the lock: a stored buffer may be recycled right after
+                data = self._pending.get(key)
+                if data is not None:
+                    self.stats.cache_hits += 1
+                    return bytes(memoryview(data)[start : start + n])
         try:
             if self._direct:
                 return self._read_direct(key, bsize, start, n)
+            data = self._cache.get(key)
+            if data is not None:
+                self.stats.cache_hits += 1
+                return data[start : start + n] if (start, n) != (0, len(data)) else data
             data = self._fetch_future(key, bsize).result()
         except OSError as exc:
             log.error("inode %d: cannot read block %s: %s", inode, key, exc)
@@ -334,3 +367,4 @@ class BlockStore:
         self._closed = True
         self._uploader.shutdown(wait=wait, cancel_futures=not wait)
         self._reader.shutdown(wait=wait, cancel_futures=not wait)
+        self._spares.clear()

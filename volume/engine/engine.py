@@ -938,7 +938,7 @@ class Engine:
             parts = list(self._pieces(oi, offset, end))
             sequential = offset == oi.seq_end
             oi.seq_end = end
-        if sequential and self.readahead_bytes:
+        if sequential and self.readahead_bytes and self.blocks.prefetches:
             ahead_end = min(end + self.readahead_bytes, oi.length)
             with oi.lock:
                 ahead = list(self._pieces(oi, end, ahead_end))

@@ -52,9 +52,10 @@ class SliceWriter:
         done = 0
         while done < len(view):
             if self.buf is None:
-                # large writes fill a preallocated block (no reallocation as it grows); small
+                # large writes fill a whole-block buffer (no reallocation as it grows); small
                 # ones, often random, must not pay for a whole block each
-                self.buf = bytearray(bs) if len(view) - done >= PREALLOCATE_FROM else bytearray()
+                big = len(view) - done >= PREALLOCATE_FROM
+                self.buf = self.blocks.block_buffer() if big else bytearray()
             n = min(len(view) - done, bs - rel)
             self.buf[rel : rel + n] = view[done : done + n]
             rel += n

@@ -1,0 +1,106 @@
+"""The block store's buffers: recycled only once stored, never visible to a reader afterwards."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from volume.engine import Engine, PathFS, format_volume, new_format
+from volume.engine.blocks import BlockStore
+from volume_local import LocalObjectStore
+from volume_sqlite import SQLiteMetaStore
+
+BLOCK = 64 << 10
+
+
+class GatedStore(LocalObjectStore):
+    """A local store whose puts wait until the test opens the gate."""
+
+    def __init__(self, root: Path):
+        super().__init__(root)
+        self.gate = threading.Event()
+
+    def put(self, key, data, *, if_absent=False):
+        assert self.gate.wait(10), "the test never opened the gate"
+        super().put(key, data, if_absent=if_absent)
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    objects = GatedStore(tmp_path / "bucket")
+    blocks = BlockStore(objects, "vol", BLOCK, upload_workers=2)
+    yield objects, blocks
+    objects.gate.set()
+    blocks.close()
+
+
+def test_a_stored_buffer_is_handed_out_again(store) -> None:
+    objects, blocks = store
+    objects.gate.set()
+    buf = blocks.block_buffer()
+    assert len(buf) == BLOCK
+    buf[:] = b"a" * BLOCK
+    blocks.upload(1, 0, buf)
+    blocks.drain()
+    again = blocks.block_buffer()
+    assert again is buf  # no fresh pages to fault in
+    again[:] = b"b" * BLOCK  # the stored object is a copy: reusing the buffer cannot change it
+    assert objects.get(blocks.key(1, 0, BLOCK)) == b"a" * BLOCK
+
+
+def test_a_pending_block_reads_as_a_copy(store) -> None:
+    objects, blocks = store
+    buf = blocks.block_buffer()
+    buf[:] = os.urandom(BLOCK)
+    expected = bytes(buf)
+    blocks.upload(7, 0, buf)  # the gate is shut: the block stays pending
+    part = blocks.read(7, BLOCK, 100, 1000)
+    whole = blocks.read(7, BLOCK, 0, BLOCK)
+    assert type(part) is bytes and type(whole) is bytes
+    objects.gate.set()
+    blocks.drain()
+    blocks.block_buffer()[:] = bytes(BLOCK)  # the recycled buffer, overwritten
+    assert (part, whole) == (expected[100:1100], expected)
+    assert blocks.read(7, BLOCK, 0, BLOCK) == expected  # now from the store
+
+
+def test_partial_and_failed_blocks_are_not_recycled(store) -> None:
+    objects, blocks = store
+    objects.gate.set()
+    tail = bytearray(b"t" * 100)  # a slice's short last block
+    blocks.upload(2, 0, tail)
+    blocks.drain()
+    assert blocks.block_buffer() is not tail
+
+
+def test_the_engine_reuses_buffers_without_mixing_files(tmp_path: Path) -> None:
+    """Sequential writes of several files, each drained, read back byte for byte: buffers that
+    went through one file's blocks carry none of its bytes into the next file."""
+    objects = LocalObjectStore(tmp_path / "bucket")
+    meta = SQLiteMetaStore.open(tmp_path / "meta")
+    fmt = new_format("reuse", storage="file", bucket=f"{tmp_path}/bucket/", block_size_kib=64)
+    format_volume(meta, objects, fmt)
+    engine = Engine(meta, objects)
+    fs = PathFS(engine)
+    contents = {}
+    for i, size in enumerate([5 * BLOCK, 3 * BLOCK + 17, 300_000, 4 * BLOCK - 1]):
+        data = os.urandom(size)
+        contents[f"/f{i}"] = data
+        fd = fs.open(f"/f{i}", os.O_WRONLY | os.O_CREAT)
+        for off in range(0, size, 300_000):  # writes large enough to fill whole-block buffers
+            fs.write(fd, data[off : off + 300_000])
+        fs.close(fd)
+        engine.drain()
+    for path, data in contents.items():
+        assert fs.read_bytes(path) == data
+    engine.close()
+    meta.close()
+    reopened = SQLiteMetaStore.open(tmp_path / "meta")
+    engine = Engine(reopened, objects)
+    for path, data in contents.items():
+        assert PathFS(engine).read_bytes(path) == data
+    engine.close()
+    reopened.close()
