@@ -11,6 +11,7 @@ the median of the per-round ratios: on a virtual machine the same write swings b
 from __future__ import annotations
 
 import os
+import random
 import statistics
 from functools import partial
 import time
@@ -117,6 +118,53 @@ def test_sequential_throughput(tmp_path: Path) -> None:
     print(f"median ratio: write {w_ratio:.2f}, read {r_ratio:.2f} (goal >= 0.5 each)")
     assert w_ratio >= 0.5, f"sequential write at {w_ratio:.2f}x plain file I/O (goal 0.5x)"
     assert r_ratio >= 0.5, f"sequential read at {r_ratio:.2f}x plain file I/O (goal 0.5x)"
+
+
+def _bucket_bytes(vol: Volume) -> int:
+    return sum(info.size for info in vol.objects.list("bench/chunks/"))
+
+
+def test_random_overwrites(tmp_path: Path) -> None:
+    """4 KiB overwrites at random places in a 64 MiB file: what compaction costs and keeps."""
+    size, writes = 64 << 20, int(os.environ.get("VOLUME_BENCH_RANDOM_WRITES", 16_384))
+    rnd = random.Random(1)
+    offsets = [rnd.randrange(size // 4096) * 4096 for _ in range(writes)]
+    data = os.urandom(4096)
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(os.urandom(size))
+    vol = Volume(tmp_path)
+    engine, fs = vol.engine()
+    fs.write_bytes("/f", plain.read_bytes())
+    engine.drain()
+    base = _bucket_bytes(vol)
+
+    start = time.perf_counter()
+    fd = os.open(plain, os.O_WRONLY)
+    for off in offsets:
+        os.pwrite(fd, data, off)
+    os.close(fd)
+    t_plain = time.perf_counter() - start
+    start = time.perf_counter()
+    fd = fs.open("/f", os.O_WRONLY)
+    for off in offsets:
+        fs.write(fd, data, off)
+    fs.close(fd)
+    engine.drain()  # every compaction it asked for, every block stored
+    t_vol = time.perf_counter() - start
+    ino = fs.stat("/f").st_ino
+    with engine.meta.transaction() as tx:
+        records = len(tx.read_chunk(ino, 0)) // 24
+    assert fs.read_bytes("/f") == plain.read_bytes()
+    engine.close()
+    engine.meta.close()
+    written = _bucket_bytes(vol) - base
+    print(
+        f"\n{writes} random 4 KiB writes into 64 MiB: plain {writes / t_plain:,.0f} writes/s, "
+        f"volume {writes / t_vol:,.0f} writes/s ({t_plain / t_vol:.3f}x); chunk left with "
+        f"{records} records; {written / (1 << 20):,.0f} MiB of blocks written for "
+        f"{writes * 4096 / (1 << 20):,.0f} MiB of data ({written / (writes * 4096):.1f}x)"
+    )
+    assert records < 2 * engine.compaction.at_records
 
 
 def test_small_files(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import shutil
 import sqlite3
 import subprocess
@@ -88,8 +89,15 @@ def engine_tree(fs: PathFS, path: str = "/") -> dict[str, tuple]:
     return out
 
 
+PATCH_BASE = hashlib.sha256(b"base").digest() * (1 << 16)  # 2 MiB
+_rnd = random.Random(7)
+# more scattered overwrites than a chunk keeps records for: ours gets compacted
+PATCHES = [(_rnd.randrange(len(PATCH_BASE) - 64), _rnd.randbytes(64)) for _ in range(1100)]
+
+
 def populate(root: Path) -> None:
-    """Files, dirs, a multi-block file, appends, a truncation, a hard link, a symlink."""
+    """Files, dirs, a multi-block file, appends, a truncation, a hard link, a symlink, and a
+    file patched in a thousand places."""
     (root / "d" / "e").mkdir(parents=True)
     (root / "d" / "e" / "small.txt").write_bytes(b"hello juicefs\n")
     (root / "big.bin").write_bytes(hashlib.sha256(b"big").digest() * (300_000))  # 9.6 MB
@@ -103,6 +111,11 @@ def populate(root: Path) -> None:
     os.link(root / "d" / "e" / "small.txt", root / "hard.txt")
     os.symlink("d/e/small.txt", root / "soft")
     os.chmod(root / "d", 0o750)
+    (root / "patched.bin").write_bytes(PATCH_BASE)
+    fd = os.open(root / "patched.bin", os.O_WRONLY)
+    for off, data in PATCHES:
+        os.pwrite(fd, data, off)
+    os.close(fd)
 
 
 @pytest.fixture
@@ -118,8 +131,13 @@ def committed(tmp_path: Path) -> ROVolume:
         if desc[0] == "dir":
             fs.mkdir(f"/{rel}")
             fs.chmod(f"/{rel}", desc[1])
-        elif desc[0] == "file" and rel != "hard.txt":
+        elif desc[0] == "file" and rel not in ("hard.txt", "patched.bin"):
             fs.write_bytes(f"/{rel}", (expected / rel).read_bytes())
+    fs.write_bytes("/patched.bin", PATCH_BASE)
+    fd = fs.open("/patched.bin", os.O_WRONLY)
+    for off, data in PATCHES:
+        fs.write(fd, data, off)
+    fs.close(fd)
     fs.link("/d/e/small.txt", "/hard.txt")
     fs.symlink("d/e/small.txt", "/soft")
     version = rw.finalize("for the JuiceFS client")
@@ -134,7 +152,11 @@ def index_copy(version: ROVolume, tmp_path: Path) -> Path:
 
 
 def test_juicefs_fsck_finds_every_block(committed: ROVolume, tmp_path: Path) -> None:
-    result = juicefs("fsck", f"sqlite3://{index_copy(committed, tmp_path)}")
+    index = index_copy(committed, tmp_path)
+    with sqlite3.connect(index) as db:
+        (most,) = db.execute("SELECT max(length(slices)) / 24 FROM jfs_chunk").fetchone()
+    assert most < len(PATCHES)  # patched.bin's chunk was compacted
+    result = juicefs("fsck", f"sqlite3://{index}")
     assert "Found" in result.stderr and "blocks" in result.stderr
     assert "lost" not in result.stderr.lower() and "broken" not in result.stderr.lower()
 

@@ -12,6 +12,7 @@ import uuid
 import pytest
 from hypothesis import HealthCheck, settings
 
+from volume.engine import CompactionPolicy
 from volume.stores import MetaStore, ObjectStore
 from volume.testing.fsmachine import EngineMachine
 from volume.testing.memory import MemoryObjectStore
@@ -32,7 +33,9 @@ SLOW = settings(
 
 
 class SQLiteLocalMachine(EngineMachine):
-    """SQLite metadata, blocks as files."""
+    """SQLite metadata, blocks as files; chunks compacted at 3 records, in the writing thread."""
+
+    compaction = CompactionPolicy(at_records=3, large_piece=96 << 10, background=False)
 
     def open_stores(self, workdir: str) -> tuple[MetaStore, ObjectStore]:
         return (
@@ -42,7 +45,10 @@ class SQLiteLocalMachine(EngineMachine):
 
 
 class SQLiteMemoryMachine(EngineMachine):
-    """SQLite metadata, blocks in memory (so object-store behaviour hides nothing)."""
+    """SQLite metadata, blocks in memory (so object-store behaviour hides nothing); chunks
+    compacted at 4 records, by the background worker (racing the machine's next steps)."""
+
+    compaction = CompactionPolicy(at_records=4, large_piece=64 << 10)
 
     def open_stores(self, workdir: str) -> tuple[MetaStore, ObjectStore]:
         self.bucket_name = f"fsmachine-{uuid.uuid4().hex}"

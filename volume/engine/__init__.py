@@ -5,6 +5,7 @@ No FUSE here: the FUSE transport, the fsspec filesystem and the lifecycle verbs 
 """
 
 from .bootstrap import format_volume, new_format
+from .compaction import CompactionPolicy
 from .engine import NOW, RENAME_EXCHANGE, RENAME_NOREPLACE, Engine, StatFS
 from .paths import PathFS, StatResult
 from .posix import ROOT, Caller
@@ -15,6 +16,7 @@ __all__ = [
     "RENAME_NOREPLACE",
     "ROOT",
     "Caller",
+    "CompactionPolicy",
     "Engine",
     "PathFS",
     "StatFS",

@@ -38,6 +38,7 @@ from ..juicefs import (
 )
 from ..stores import MetaStore, MetaTxn, ObjectStore
 from .blocks import BlockStore
+from .compaction import DEFAULT_COMPACTION, CompactionPolicy, CompactionQueue, plan_compaction
 from .diskcache import DiskCache
 from .posix import (
     MAX_XATTR_VALUE,
@@ -124,7 +125,8 @@ class Engine:
     """A mounted volume's file system, without any kernel involvement.
 
     Thread-safe: namespace operations are serialised by the metadata store's transactions; data
-    operations lock per inode.
+    operations lock per inode. ``compaction`` says when chunks fragmented by many small writes
+    are rewritten with fewer records (None: never; see :mod:`volume.engine.compaction`).
     """
 
     def __init__(
@@ -139,6 +141,7 @@ class Engine:
         readahead_blocks: int = 2,
         cache_dir: str | os.PathLike[str] | None = None,
         cache_dir_bytes: int = 10 << 30,
+        compaction: CompactionPolicy | None = DEFAULT_COMPACTION,
     ):
         self.meta = meta
         self.fmt = meta.load_format()
@@ -164,6 +167,12 @@ class Engine:
         self._closed = False
         #: set by every metadata write; the lifecycle clears it when it publishes a snapshot
         self.modified = False
+        self.compaction = compaction
+        self._compactions = (
+            None
+            if compaction is None or read_only
+            else CompactionQueue(self.compact_chunk, compaction)
+        )
 
     def _disk_cache(
         self, objects: ObjectStore, cache_dir: str | os.PathLike[str] | None, capacity: int
@@ -855,12 +864,14 @@ class Engine:
     def _publish(self, oi: OpenInode, records: dict[int, SliceRecord]) -> None:
         """Append finished slices' records (and the length they imply) to the metadata."""
         w = oi.writer
+        fragmented = []
         with self._txn(write=True) as tx:
             attr = self._attr(tx, oi.ino)
             for indx, rec in records.items():
-                tx.append_chunk(oi.ino, indx, rec.pack())
+                count = tx.append_chunk(oi.ino, indx, rec.pack())
                 tx.add_slice_ref(rec.id, rec.size, 1)
-                oi.chunk_maps.pop(indx, None)
+                if self._compactions is not None and self.compaction.wants(count):
+                    fragmented.append(indx)
             end = max((i * CHUNK_SIZE + r.pos + r.len for i, r in records.items()), default=0)
             if w is not None and not w.slices:
                 end = max(end, w.length)  # everything is published: the full length too
@@ -870,6 +881,66 @@ class Engine:
                 attr.mtime_ns = attr.ctime_ns = w.mtime_ns
             tx.set_attr(oi.ino, attr)
             oi.length = attr.length
+        for indx, rec in records.items():  # committed: cached maps take the record as it is
+            cm = oi.chunk_maps.get(indx)
+            if cm is not None:
+                cm.apply(rec)
+        for indx in fragmented:
+            self._compactions.request(oi.ino, indx)
+
+    def compact_chunk(self, ino: int, indx: int) -> bool:
+        """Rewrite chunk ``indx`` of file ``ino`` with fewer records (see
+        :mod:`volume.engine.compaction`); whether it changed.
+
+        The file reads the same bytes before, during and after. Concurrent writers are safe: the
+        replacement is committed only if the records it was planned from are still the chunk's
+        first records (records appended meanwhile are kept after it); otherwise nothing changes
+        and the copied blocks stay unreferenced.
+        """
+        if self.read_only:
+            raise fs_error(errno.EROFS)
+        blob = self._read(lambda tx: tx.read_chunk(ino, indx))
+        try:
+            records = unpack_slices(blob)
+        except ValueError:
+            return False  # a reader reports the damage; nothing to rewrite from
+        plan = plan_compaction(records, (self.compaction or DEFAULT_COMPACTION).large_piece)
+        if plan is None:
+            return False
+        new_id = 0
+        if plan.copies:
+            new_id = self._alloc("slice")
+            writer = SliceWriter(self.blocks, new_id, 0)
+            for piece in plan.copies:
+                data = (
+                    self.blocks.read(piece.id, piece.size, piece.off, piece.length, inode=ino)
+                    if piece.id
+                    else bytes(piece.length)
+                )
+                writer.write(writer.end, data)
+            writer.finish()
+        replacement = plan.records(new_id)
+        with self._txn(write=True) as tx:
+            current = tx.read_chunk(ino, indx)
+            if not current.startswith(blob):
+                return False  # truncated, deleted or rewritten meanwhile
+            tx.write_chunk(
+                ino, indx, b"".join(r.pack() for r in replacement) + current[len(blob) :]
+            )
+            refs: dict[tuple[int, int], int] = {}
+            for sign, recs in ((-1, records), (1, replacement)):
+                for r in recs:
+                    if r.id:
+                        refs[r.id, r.size] = refs.get((r.id, r.size), 0) + sign
+            for (slice_id, size), delta in refs.items():
+                if delta:
+                    tx.add_slice_ref(slice_id, size, delta)
+        oi = self._open.get(ino)
+        if oi is not None:
+            with oi.lock:
+                oi.chunk_maps.pop(indx, None)
+        log.debug("inode %d chunk %d: %d records -> %d", ino, indx, len(records), len(replacement))
+        return True
 
     def _flush(self, oi: OpenInode) -> None:
         with oi.lock:
@@ -1021,8 +1092,11 @@ class Engine:
     # ================================================================== lifecycle
 
     def drain(self, timeout: float | None = None) -> None:
-        """Publish every buffered write and wait until every block is stored."""
+        """Publish every buffered write, finish the compactions it asked for, and wait until
+        every block is stored."""
         self.flush_all()
+        if self._compactions is not None:
+            self._compactions.wait()
         self.blocks.drain(timeout)
 
     def close(self, *, drain: bool = True) -> None:
@@ -1038,4 +1112,6 @@ class Engine:
                 self.drain()
         finally:
             self._closed = True
+            if self._compactions is not None:
+                self._compactions.close(wait=drain)
             self.blocks.close(wait=drain)

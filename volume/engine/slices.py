@@ -37,14 +37,35 @@ def consolidate(records: Iterable[SliceRecord]) -> list[Piece]:
 
     The result covers [0, max end) without gaps; gaps are id-0 pieces.
     """
-    starts: list[int] = []
-    pieces: list[Piece] = []
-    for rec in records:
+    return ChunkMap(records).pieces
+
+
+class ChunkMap:
+    """The consolidated pieces of one chunk, ready for range lookups (cached per open file).
+
+    ``pieces`` cover [0, end of the last record) without gaps (gaps are id-0 pieces), sorted.
+    """
+
+    __slots__ = ("_starts", "pieces")
+
+    def __init__(self, records: Iterable[SliceRecord] = ()):
+        self.pieces: list[Piece] = []
+        self._starts: list[int] = []
+        for rec in records:
+            self.apply(rec)
+
+    def apply(self, rec: SliceRecord) -> None:
+        """Lay one more record on top (it wins where it overlaps)."""
         if rec.len == 0:
-            continue
+            return
         lo, hi = rec.pos, rec.pos + rec.len
         if hi > CHUNK_SIZE:
             raise ValueError(f"slice record {rec} runs past the end of its chunk")
+        pieces, starts = self.pieces, self._starts
+        end = pieces[-1].end if pieces else 0
+        if lo > end:
+            pieces.append(Piece(end, lo - end, 0, 0, 0))
+            starts.append(end)
         # first piece that may overlap [lo, hi)
         i = bisect.bisect_right(starts, lo) - 1
         if i < 0 or pieces[i].end <= lo:
@@ -67,28 +88,6 @@ def consolidate(records: Iterable[SliceRecord]) -> list[Piece]:
             replacement.insert(0, new)
         pieces[i:j] = replacement
         starts[i:j] = [p.start for p in replacement]
-    return _fill_gaps(pieces)
-
-
-def _fill_gaps(pieces: list[Piece]) -> list[Piece]:
-    out: list[Piece] = []
-    cursor = 0
-    for p in pieces:
-        if p.start > cursor:
-            out.append(Piece(cursor, p.start - cursor, 0, 0, 0))
-        out.append(p)
-        cursor = p.end
-    return out
-
-
-class ChunkMap:
-    """The consolidated pieces of one chunk, ready for range lookups (cached per open file)."""
-
-    __slots__ = ("pieces", "_starts")
-
-    def __init__(self, records: Iterable[SliceRecord]):
-        self.pieces = consolidate(records)
-        self._starts = [p.start for p in self.pieces]
 
     def in_range(self, start: int, end: int) -> Iterator[Piece]:
         """The parts of the pieces that overlap chunk range [start, end), clipped to it.

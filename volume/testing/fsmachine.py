@@ -39,7 +39,8 @@ from typing import Any, Callable, Iterator, Protocol, TypeVar
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from ..engine import Engine, PathFS, format_volume, new_format
+from ..engine import CompactionPolicy, Engine, PathFS, format_volume, new_format
+from ..engine.compaction import DEFAULT_COMPACTION
 from ..engine.check import check_metadata
 from ..engine.posix import Caller
 from ..juicefs import ROOT_INODE
@@ -907,6 +908,8 @@ class EngineMachine(FSMachine):
     """
 
     block_size_kib = 64  # the smallest block size: modest writes already span several blocks
+    #: the engine's compaction; subclasses compact after a few records to exercise it often
+    compaction: CompactionPolicy | None = DEFAULT_COMPACTION
 
     def open_stores(self, workdir: str) -> tuple[MetaStore, ObjectStore]:
         """A new, empty metadata store and object store (``workdir`` is private scratch space)."""
@@ -921,7 +924,7 @@ class EngineMachine(FSMachine):
             block_size_kib=self.block_size_kib,
         )
         format_volume(self.meta, self.objects, fmt)
-        self.engine = Engine(self.meta, self.objects)
+        self.engine = Engine(self.meta, self.objects, compaction=self.compaction)
         # the oracle runs with this process's identity, in a root directory it owns: so does
         # the subject
         self.engine.setattr(ROOT_INODE, uid=os.getuid(), gid=os.getgid())
