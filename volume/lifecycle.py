@@ -116,14 +116,6 @@ def _meta_class(volume: "Volume") -> type[MetaStore]:
     return plugins.meta_store_class(volume.metadata_store_type or DEFAULT_METADATA_STORE)
 
 
-def _format_bucket(objects: ObjectStore) -> str:
-    """The Format ``Bucket`` JuiceFS expects (for ``file``: an absolute path ending in ``/``)."""
-    uri = objects.uri
-    if uri.startswith("file://"):
-        uri = uri[len("file://") :]
-    return uri if uri.endswith("/") else uri + "/"
-
-
 def _uri(objects: ObjectStore, key: str) -> str:
     return f"{objects.uri.rstrip('/')}/{key}"
 
@@ -445,7 +437,7 @@ def mount_rw(
             meta = store_cls.open(md.path)
             fs_name = volume.name
             try:
-                fmt = new_format(fs_name, storage=volume.storage, bucket=_format_bucket(objects))
+                fmt = new_format(fs_name, storage=volume.storage, bucket=objects.uri)
                 format_volume(meta, objects, fmt)
             except BaseException:
                 meta.close()

@@ -359,3 +359,20 @@ def test_missing_or_short_block_is_eio_naming_key(
         fs.read_bytes("/f")
     assert err.value.errno == 5
     assert victim in caplog.text and f"inode {ino}" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "bucket, stored",
+    [
+        ("file:///data/bucket", "/data/bucket/"),
+        ("file:///data/bucket/", "/data/bucket/"),
+        ("/data/bucket", "/data/bucket/"),
+        ("rel/dir", os.path.abspath("rel/dir") + "/"),
+    ],
+)
+def test_a_file_bucket_is_stored_as_juicefs_format_stores_it(bucket: str, stored: str) -> None:
+    assert new_format("v", storage="file", bucket=bucket).Bucket == stored
+
+
+def test_other_buckets_are_stored_as_given() -> None:
+    assert new_format("v", storage="memory", bucket="memory://m/").Bucket == "memory://m/"

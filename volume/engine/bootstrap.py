@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from ..errors import VolumeBucketNotEmpty
@@ -22,13 +23,17 @@ def new_format(
     """The Format of a new volume.
 
     ``trash_days`` defaults to 0: versions are the history of a volume, and a trash would keep
-    deleted data alive in every later version. ``bucket`` is stored as JuiceFS expects it (for
-    ``file``: an absolute path ending in ``/``).
+    deleted data alive in every later version. ``bucket`` is stored as ``juicefs format`` stores
+    it: for ``file``, the object store's URI or a directory path becomes an absolute path ending
+    in ``/``; other URIs are kept as they are.
     """
     if block_size_kib < 64 or block_size_kib > 16384 or block_size_kib & (block_size_kib - 1):
         raise ValueError(
             f"block size {block_size_kib} KiB is not a power of two between 64 and 16384"
         )
+    if storage == "file":
+        path = os.path.abspath(bucket.removeprefix("file://"))
+        bucket = path if path.endswith("/") else path + "/"
     return Format(
         Name=name, Storage=storage, Bucket=bucket, BlockSize=block_size_kib, TrashDays=trash_days
     )
