@@ -331,6 +331,24 @@ def test_unlinked_open_file_stays_usable(mnt: Path):
     assert os.listdir(mnt) == ["g"]
 
 
+def test_an_open_file_keeps_its_link_count_after_losing_one_of_two_names(mnt: Path):
+    """libfuse hides the unlinked name; the other name is still a link, whatever call asks."""
+    write_file(mnt / "c", b"content")
+    os.link(mnt / "c", mnt / "other")
+    fd = os.open(mnt / "c", os.O_RDWR)
+    try:
+        os.unlink(mnt / "c")
+        assert os.fstat(fd).st_nlink == 1
+        os.ftruncate(fd, 3)  # answered with the attributes after the change
+        assert os.fstat(fd).st_nlink == 1
+        os.fchmod(fd, 0o600)
+        assert os.fstat(fd).st_nlink == 1
+        assert os.stat(mnt / "other").st_nlink == 1
+    finally:
+        os.close(fd)
+    assert (mnt / "other").read_bytes() == b"con"
+
+
 def test_a_directory_removed_while_open_lists_empty(mnt: Path):
     os.mkdir(mnt / "d")
     with os.scandir(mnt / "d") as entries:  # opened; nothing read yet

@@ -175,6 +175,9 @@ class EngineOperations:
         # (request id, path, inode) of each thread's last hide, by OS thread: ctypes gives every
         # callback a fresh Python thread state, so threading.local would not last between two
         self._last_hide: dict[int, tuple[int | None, str, int]] = {}
+        # (request id, path) of each thread's last setattr: libfuse answers a setattr with our
+        # getattr of the path but, unlike for a getattr, does not take the hidden name's link off
+        self._last_setattr: dict[int, tuple[int | None, str | None]] = {}
 
     # ------------------------------------------------------------------ resolution
 
@@ -263,14 +266,20 @@ class EngineOperations:
         else:
             ino = self._target(path, fh)
             attr = self.engine.getattr(ino)
-        if attr.nlink and path in self._hidden:
+        if attr.nlink and path in self._hidden and not self._answers_setattr(path):
             attr.nlink += 1  # libfuse counts the hidden name as a link and takes one off
         return self._attrs(ino, attr)
 
     def _setattr(self, path: str | None, fh: int | None, **changes: Any) -> None:
         ino = self._target(path, fh)
         self.engine.setattr(ino, self._caller(), **changes)
+        self._last_setattr[threading.get_ident()] = (_request_id(), path)
         self._invalidate(self._other_names(ino, path))
+
+    def _answers_setattr(self, path: str) -> bool:
+        """Whether this getattr of ``path`` is libfuse asking for a setattr's reply."""
+        last = self._last_setattr.pop(threading.get_ident(), None)
+        return last is not None and last[0] is not None and last == (_request_id(), path)
 
     def access(self, path: str, amode: int) -> None:
         self.engine.access(self._inode(path), amode, self._caller())
