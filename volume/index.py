@@ -154,7 +154,7 @@ def dump(
                 "nextSession": tx.get_counter(COUNTER_NEXT_SESSION),
                 "nextTrash": tx.get_counter(COUNTER_NEXT_TRASH),
             },
-            "Sustained": [],
+            "Sustained": _sustained(tx),
             "DelFiles": [],
         }
         # MarshalIndent of the header object, whose closing "\n}" gives way to the streamed tree
@@ -368,6 +368,14 @@ def _attr_json(inode: int, attr: Attr) -> str:
     return "".join(parts)
 
 
+def _sustained(tx: MetaTxn) -> list[dict[str, Any]]:
+    """``[{sid, inodes}]`` by session (the client's order of sessions is its map's: random)."""
+    sessions: dict[int, list[int]] = {}
+    for session, ino in tx.sustained():
+        sessions.setdefault(session, []).append(ino)
+    return [{"sid": sid, "inodes": inodes} for sid, inodes in sessions.items()]
+
+
 def _indented(value: Any, depth: int = 0) -> str:
     """Go's ``json.MarshalIndent(value, "", "  ")`` for the header's objects, lists and scalars."""
     inner = _INDENT * (depth + 1)
@@ -408,8 +416,8 @@ def load(
     usedSpace/totalInodes counters. ``nextInode``, ``nextChunk`` and ``nextTrash`` are
     recomputed from the ids in use but never set below the dumped values, because blocks of
     slice ids the dump no longer names may still be used by other versions sharing the bucket.
-    ``Sustained``, ``DelFiles`` and quotas are not loaded. Writes are committed in batches:
-    after a store failure part-way, discard the target.
+    ``Sustained`` (whose inodes are in no tree), ``DelFiles`` and quotas are not loaded. Writes
+    are committed in batches: after a store failure part-way, discard the target.
 
     Raises :class:`~volume.errors.VolumeMigrateError` when the store is already formatted or
     not empty, or when the dump holds POSIX ACLs (which the store interface cannot hold).

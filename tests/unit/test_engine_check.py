@@ -99,7 +99,18 @@ def test_a_healthy_tree_has_no_problems(volume: Volume) -> None:
     assert check_metadata(volume.meta) == []
 
 
-def test_a_file_unlinked_while_open_is_accepted_only_while_open(volume: Volume) -> None:
+def _sustained(volume: Volume) -> list[tuple[int, int]]:
+    with volume.meta.transaction() as tx:
+        return [tuple(row) for row in tx.sustained()]
+
+
+def _forget_sustained(volume: Volume) -> None:
+    with volume.meta.transaction(write=True) as tx:
+        for session, ino in tx.sustained():
+            tx.remove_sustained(session, ino)
+
+
+def test_a_file_unlinked_while_open_is_sustained_until_its_last_close(volume: Volume) -> None:
     fs = volume.fs
     fd = fs.open("/d/g", os.O_RDWR)
     fs.write(fd, b"more", 5000)
@@ -107,23 +118,40 @@ def test_a_file_unlinked_while_open_is_accepted_only_while_open(volume: Volume) 
     fs.unlink("/d/sub/g-link")
     fs.ftruncate(fd, 3)  # its length changes: no directory's stats may change with it
     open_inode = fs.fstat(fd).st_ino
+    assert [ino for _session, ino in _sustained(volume)] == [open_inode]
+    assert check_metadata(volume.meta) == []
     assert check_metadata(volume.meta, {open_inode}) == []
-    assert any("has no link and is not open" in p for p in check_metadata(volume.meta))
+    _forget_sustained(volume)
+    assert any("not sustained: it leaked" in p for p in check_metadata(volume.meta))
+    problems = check_metadata(volume.meta, {open_inode})
+    assert any("open with no link left, but not sustained" in p for p in problems)
     fs.close(fd)
+    assert _sustained(volume) == []
     assert check_metadata(volume.meta) == []
 
 
-def test_a_directory_removed_while_open_is_accepted_only_while_open(volume: Volume) -> None:
+def test_a_directory_removed_while_open_is_sustained_until_released(volume: Volume) -> None:
     fs = volume.fs
     fd = fs.open("/d/sub/..", os.O_RDONLY)  # /d
     fs.unlink("/d/sub/g-link")
     fs.rmdir("/d/sub")
     fs.unlink("/d/g")
     fs.rmdir("/d")
-    assert check_metadata(volume.meta, {volume.ino["/d"]}) == []
-    assert any("has no link and is not open" in p for p in check_metadata(volume.meta))
+    assert [ino for _session, ino in _sustained(volume)] == [volume.ino["/d"]]
+    assert check_metadata(volume.meta) == []
+    _forget_sustained(volume)
+    assert any("not sustained: it leaked" in p for p in check_metadata(volume.meta))
     fs.close(fd)
     assert check_metadata(volume.meta) == []
+
+
+def test_sustained_rows_must_name_unlinked_inodes(volume: Volume) -> None:
+    with volume.meta.transaction(write=True) as tx:
+        tx.add_sustained(5, volume.ino["/f"])
+        tx.add_sustained(5, 999_999)
+    problems = check_metadata(volume.meta)
+    assert any("session 5 sustains inode 999999, which does not exist" in p for p in problems)
+    assert any("session 5 sustains" in p and "/f" in p and "has links" in p for p in problems)
 
 
 def _set(path: str, **fields: object) -> Callable[[MetaTxn, Volume], None]:
@@ -197,7 +225,7 @@ CORRUPTIONS: dict[str, tuple[Callable[[MetaTxn, Volume], None], str]] = {
     ),
     "inode without links": (
         lambda tx, v: tx.set_attr(900_001, Attr(type=TYPE_FILE, mode=0o644, nlink=0)),
-        "has no link and is not open",
+        "has no link and is not sustained: it leaked",
     ),
     "directory nlink": (_set("/d", nlink=5), "has nlink 5, expected 3"),
     "file nlink": (_set("/f", nlink=2), "has nlink 2, but 1 entries"),

@@ -264,6 +264,36 @@ def test_fork_and_parent_are_isolated_both_ways(bucket: str) -> None:
         assert files(ro) == {"a.txt": b"alpha", "r.txt": b"right only"}
 
 
+def test_a_file_unlinked_while_open_at_commit_is_gone_from_the_next_writable_mount(
+    bucket: str,
+) -> None:
+    """The committed index keeps the open file as a sustained inode, as JuiceFS would; read-only
+    mounts never see it and the first writable mount of the version deletes it."""
+    rw = Volume.new("base", bucket=bucket).mount(transport="none")
+    fs = rw._mount.pathfs
+    write(rw, "kept", b"k")
+    write(rw, "scratch", b"s" * 100_000)
+    fd = fs.open("/scratch")
+    fs.unlink("/scratch")
+    version = rw.commit("while scratch is open")
+    fs.close(fd)
+    rw.finalize("closed")
+    assert version.inode_count == 2  # the sustained inode still counts, as in JuiceFS
+    index = version.index.path[len("file://") :]
+    with sqlite3.connect(index) as db:
+        assert len(db.execute("SELECT * FROM jfs_sustained").fetchall()) == 1
+    with version.mount(transport="none") as ro:
+        assert files(ro) == {"kept": b"k"}
+    fork = version.fork("fork").mount(transport="none")
+    assert files(fork) == {"kept": b"k"}
+    clean = fork.finalize("nothing changed")
+    assert clean.inode_count == 1
+    assert clean.used_bytes == version.used_bytes - 100_000 - (-100_000 % 4096)
+    with sqlite3.connect(clean.index.path[len("file://") :]) as db:
+        assert db.execute("SELECT * FROM jfs_sustained").fetchall() == []
+        assert db.execute("SELECT count(*) FROM jfs_node").fetchone()[0] == 2  # root, kept
+
+
 def slice_ids(version: ROVolume) -> set[int]:
     conn = sqlite3.connect(version.index.path[len("file://") :])
     with conn:

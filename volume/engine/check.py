@@ -36,8 +36,10 @@ from .posix import MAX_NAME
 def check_metadata(meta: MetaStore, open_inodes: Collection[int] = frozenset()) -> list[str]:
     """Problems found in the namespace of ``meta`` (an empty list: consistent).
 
-    ``open_inodes`` are inodes held by open handles: those may have no link left (unlinked while
-    open) without being leaked. The check runs in one read transaction.
+    An inode with no link left is not leaked when it is recorded as sustained (held open by a
+    session after its last link went; the next writable mount deletes it). ``open_inodes`` are
+    the inodes a live engine's handles hold: those must be recorded so when their last link is
+    gone. The check runs in one read transaction.
     """
     with meta.transaction(write=False) as tx:
         return _Check(tx, frozenset(open_inodes)).run()
@@ -55,6 +57,7 @@ class _Check:
     tx: MetaTxn
     open_inodes: frozenset[int]
     problems: list[str] = field(default_factory=list)
+    sustained: set[int] = field(default_factory=set)
     attrs: dict[int, Attr] = field(default_factory=dict)
     # parent -> [(name, inode, type)] for every inode that has entries
     children: dict[int, list[tuple[bytes, int, int]]] = field(default_factory=dict)
@@ -71,7 +74,10 @@ class _Check:
         if root is None or root.type != TYPE_DIRECTORY:
             return ["the root inode 1 is missing or not a directory"]
         self._load_entries()
+        sustained = self.tx.sustained()
+        self.sustained = {ino for _session, ino in sustained}
         self._check_reachable()
+        self._check_sustained(sustained)
         for ino, attr in self.attrs.items():
             self._check_inode(ino, attr)
         slice_ids = self._check_chunks()
@@ -138,8 +144,18 @@ class _Check:
                 continue
             if attr.nlink > 0 or self.names[ino]:
                 self._report(f"{self._who(ino)} is not reachable from the root")
-            elif ino not in self.open_inodes:
-                self._report(f"{self._who(ino)} has no link and is not open: it leaked")
+            elif ino in self.open_inodes and ino not in self.sustained:
+                self._report(f"{self._who(ino)} is open with no link left, but not sustained")
+            elif ino not in self.sustained:
+                self._report(f"{self._who(ino)} has no link and is not sustained: it leaked")
+
+    def _check_sustained(self, sustained: list[tuple[int, int]]) -> None:
+        for session, ino in sustained:
+            attr = self.attrs.get(ino)
+            if attr is None:
+                self._report(f"session {session} sustains inode {ino}, which does not exist")
+            elif attr.nlink > 0 or self.names[ino]:
+                self._report(f"session {session} sustains {self._who(ino)}, which has links")
 
     # ------------------------------------------------------------------ per inode
 
@@ -181,7 +197,7 @@ class _Check:
         child_dirs = sum(1 for _n, _i, t in entries if t == TYPE_DIRECTORY)
         if ino == TRASH_INODE:
             expected_nlink = 2
-        elif not names and ino in self.open_inodes and ino != ROOT_INODE:
+        elif not names and ino in self.sustained and ino != ROOT_INODE:
             expected_nlink = 0  # removed while open: it lives on, empty, until released
         else:
             expected_nlink = 2 + child_dirs

@@ -22,6 +22,7 @@ from ..juicefs import (
     CHUNK_SIZE,
     COUNTER_NEXT_CHUNK,
     COUNTER_NEXT_INODE,
+    COUNTER_NEXT_SESSION,
     COUNTER_TOTAL_INODES,
     COUNTER_USED_SPACE,
     DIR_LENGTH,
@@ -167,6 +168,9 @@ class Engine:
         self._closed = False
         #: set by every metadata write; the lifecycle clears it when it publishes a snapshot
         self.modified = False
+        self._session = 0  # JuiceFS session id, taken when first needed
+        if not read_only:
+            self._drop_sustained()
         self.compaction = compaction
         self._compactions = (
             None
@@ -556,8 +560,29 @@ class Engine:
             oi.unlinked = True  # deleted at the last release
             attr.parent = 0  # in no directory: its length changes touch no dir stats
             tx.set_attr(ino, attr)
+            # as JuiceFS does: a snapshot taken (or a crash) before the last release keeps a
+            # record of it, so the next writable mount deletes it
+            tx.add_sustained(self._session_id(tx), ino)
         else:
             self._drop_inode(tx, ino, attr)
+
+    def _session_id(self, tx: MetaTxn) -> int:
+        """This engine's session id, taken from ``nextSession`` when first needed."""
+        if not self._session:
+            self._session = tx.add_counter(COUNTER_NEXT_SESSION, 1)
+        return self._session
+
+    def _drop_sustained(self) -> None:
+        """Delete the inodes that earlier sessions held open after their last link went: none
+        of this engine's handles can hold them."""
+        if not self._read(lambda tx: tx.sustained()):
+            return
+        with self.meta.transaction(write=True) as tx:  # not a change of the user's: no .modified
+            for session, ino in tx.sustained():
+                attr = tx.get_attr(ino)
+                if attr is not None and attr.nlink <= 0:
+                    self._drop_inode(tx, ino, attr)
+                tx.remove_sustained(session, ino)
 
     def _is_descendant(self, tx: MetaTxn, ino: int, ancestor: int) -> bool:
         """Whether directory ``ino`` is ``ancestor`` or lies below it."""
@@ -991,6 +1016,7 @@ class Engine:
                     attr = tx.get_attr(oi.ino)
                     if attr is not None and attr.nlink <= 0:
                         self._drop_inode(tx, oi.ino, attr)
+                    tx.remove_sustained(self._session, oi.ino)
 
     def read(self, fh: int, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes at ``offset`` (fewer at the end of the file)."""

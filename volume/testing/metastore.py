@@ -166,6 +166,7 @@ def populate(store: MetaStore) -> None:
         txn.set_counter(COUNTER_NEXT_TRASH, 1)
         txn.update_dir_stats(ROOT_INODE, 12345, 4 * 4096, 3)
         txn.update_dir_stats(3, 11, 6 * 4096, 6)
+        txn.add_sustained(2, 10)
 
 
 def store_contents(store: MetaStore) -> dict[str, Any]:
@@ -183,6 +184,7 @@ def store_contents(store: MetaStore) -> dict[str, Any]:
             "slice_refs": sorted(tuple(r) for r in txn.slice_refs()),
             "counters": {name: txn.get_counter(name) for name in ALL_COUNTERS},
             "dir_stats": {d: _maybe_tuple(txn.get_dir_stats(d)) for d in dirs},
+            "sustained": [tuple(s) for s in txn.sustained()],
         }
     contents["format"] = store.load_format().to_json()
     return contents
@@ -570,6 +572,24 @@ class MetaStoreTests:
             assert txn.get_counter(COUNTER_NEXT_INODE) == 1026
             assert txn.get_counter(COUNTER_NEXT_CHUNK) == 4097
             assert txn.get_counter(COUNTER_NEXT_SESSION) == 7
+
+    # ------------------------------------------------------------------ sustained inodes
+
+    def test_sustained_inodes(self, store: MetaStore) -> None:
+        with store.transaction(write=True) as txn:
+            assert txn.sustained() == []
+            txn.add_sustained(7, 40)
+            txn.add_sustained(3, 41)
+            txn.add_sustained(7, 12)
+            txn.add_sustained(7, 40)  # again: no second record
+            txn.add_sustained(MAX_INT64, MAX_INT64)
+        with store.transaction(write=True) as txn:
+            assert txn.sustained() == [(3, 41), (7, 40), (7, 12), (MAX_INT64, MAX_INT64)]
+            txn.remove_sustained(7, 40)
+            txn.remove_sustained(7, 99)  # missing: no error
+            txn.remove_sustained(3, 12)  # another session's inode: untouched
+        with store.transaction() as txn:
+            assert [tuple(s) for s in txn.sustained()] == [(3, 41), (7, 12), (MAX_INT64, MAX_INT64)]
 
     # ------------------------------------------------------------------ dir stats
 

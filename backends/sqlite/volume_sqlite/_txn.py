@@ -114,6 +114,10 @@ SET_COUNTER = (
     "ON CONFLICT (name) DO UPDATE SET value = excluded.value"
 )
 
+ADD_SUSTAINED = "INSERT OR IGNORE INTO jfs_sustained (sid, inode) VALUES (?, ?)"
+REMOVE_SUSTAINED = "DELETE FROM jfs_sustained WHERE sid = ? AND inode = ?"
+SUSTAINED = "SELECT sid, inode FROM jfs_sustained ORDER BY sid, id"
+
 UPDATE_DIR_STATS = (
     "INSERT INTO jfs_dir_stats (inode, data_length, used_space, used_inodes) VALUES (?, ?, ?, ?) "
     "ON CONFLICT (inode) DO UPDATE SET data_length = data_length + excluded.data_length, "
@@ -379,6 +383,18 @@ class SQLiteTxn(MetaTxn):
         self._cur.execute(SET_COUNTER, (name, value))
 
     # ---- per-directory statistics
+    # ---- sustained inodes
+    @_writes
+    def add_sustained(self, session: int, inode: int) -> None:
+        self._cur.execute(ADD_SUSTAINED, (session, inode))
+
+    @_writes
+    def remove_sustained(self, session: int, inode: int) -> None:
+        self._cur.execute(REMOVE_SUSTAINED, (session, inode))
+
+    def sustained(self) -> list[tuple[int, int]]:
+        return list(self._cur.execute(SUSTAINED))
+
     @_writes
     def update_dir_stats(self, inode: int, length: int, space: int, inodes: int) -> None:
         self._cur.execute(UPDATE_DIR_STATS, (inode, length, space, inodes))
