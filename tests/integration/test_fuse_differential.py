@@ -78,16 +78,23 @@ class FuseMachine(EngineMachine):
 
     @rule(path=paths)
     def rmdir(self, path: str) -> None:
+        inodes = {}
+        for f in self.files:
+            if not f.is_dir and not any(f is o for o in self.orphans):
+                inodes[id(f)] = os.fstat(f.subject_fd).st_ino
         if self.same(f"rmdir({path!r})", lambda fs: fs.rmdir(path))[0] == "ok":
-            # a file unlinked while open may have been in it: see fstat
-            self.orphans += [f for f in self.files if self._unlinked(f)]
+            # libfuse kept open files that lost their name under hidden names in it: see fstat
+            hidden = self.mount.operations.hidden_paths.items()
+            gone = {ino for name, ino in hidden if name.startswith(path.rstrip("/") + "/")}
+            self.orphans += [f for f in self.files if inodes.get(id(f)) in gone]
 
     @precondition(lambda self: self.files)
     @rule(slot=file_slots)
     def fstat(self, slot: int) -> None:
         """As the machine's, but for the known differences: libfuse's high-level API forgets a
-        removed directory, and the hidden name of an unlinked open file once a directory it was
-        in is removed, so fstat of such a descriptor says ESTALE."""
+        removed directory, and the hidden name of an open file that lost its name (unlinked, or
+        renamed over) once the directory holding that hidden name is removed, so fstat of such a
+        descriptor says ESTALE."""
         f = self._file(slot)
         if (f.is_dir and self._unlinked(f)) or any(f is o for o in self.orphans):
             subject = outcome(lambda: self.subject.fstat(f.subject_fd))

@@ -1,5 +1,7 @@
 """Compaction keeps every byte: the plan against a byte-array model, and an engine file under
-random writes, truncates and reopens with compaction after a few records, against a bytearray."""
+random writes, truncates and reopens with compaction after a few records, against a bytearray.
+
+``-m slow`` runs the file machines with ten times the examples."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import os
 import random
 import tempfile
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -212,3 +215,15 @@ TestCompactedFile = CompactedFile.TestCase
 TestCompactedFile.settings = MACHINE
 TestBackgroundCompactedFile = BackgroundCompactedFile.TestCase
 TestBackgroundCompactedFile.settings = MACHINE
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(0)  # the budget is the number of examples
+class TestCompactedFileSlow(CompactedFile.TestCase):
+    settings = settings(MACHINE, max_examples=300, stateful_step_count=60)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(0)
+class TestBackgroundCompactedFileSlow(BackgroundCompactedFile.TestCase):
+    settings = settings(MACHINE, max_examples=300, stateful_step_count=60)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
@@ -167,8 +168,7 @@ class CompactionQueue:
                 pending = list(self._futures)
             if not pending:
                 return
-            for fut in pending:
-                fut.result()
+            futures.wait(pending)
 
     def close(self, *, wait: bool = True) -> None:
         """Stop taking requests; run the queued ones first when ``wait``, else drop them (the

@@ -240,6 +240,11 @@ class EngineOperations:
         return self._inode(path)
 
     @property
+    def hidden_paths(self) -> dict[str, int]:
+        """The hidden names libfuse keeps for open files that lost their name, with inodes."""
+        return dict(self._hidden)
+
+    @property
     def open_inodes(self) -> list[int]:
         """The inode of every engine handle the kernel holds (one per open file description;
         the kernel releases a closed file asynchronously)."""
