@@ -173,12 +173,9 @@ class CompactionQueue:
     def close(self, *, wait: bool = True) -> None:
         """Stop taking requests; run the queued ones first when ``wait``, else drop them (the
         one running finishes either way)."""
-        if not wait:
-            with self._lock:
-                self._closed = True
-        else:
+        if wait:
             self.wait()
-            with self._lock:
-                self._closed = True
+        with self._lock:
+            self._closed = True
         if self._worker is not None:
             self._worker.shutdown(wait=True, cancel_futures=not wait)

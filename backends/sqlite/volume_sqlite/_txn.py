@@ -382,7 +382,6 @@ class SQLiteTxn(MetaTxn):
     def set_counter(self, name: str, value: int) -> None:
         self._cur.execute(SET_COUNTER, (name, value))
 
-    # ---- per-directory statistics
     # ---- sustained inodes
     @_writes
     def add_sustained(self, session: int, inode: int) -> None:
@@ -395,6 +394,7 @@ class SQLiteTxn(MetaTxn):
     def sustained(self) -> list[tuple[int, int]]:
         return list(self._cur.execute(SUSTAINED))
 
+    # ---- per-directory statistics
     @_writes
     def update_dir_stats(self, inode: int, length: int, space: int, inodes: int) -> None:
         self._cur.execute(UPDATE_DIR_STATS, (inode, length, space, inodes))
