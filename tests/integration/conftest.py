@@ -1,7 +1,8 @@
 """FUSE integration fixtures: volumes in a local bucket with SQLite metadata, mounted by the kernel.
 
 Tests marked ``fuse`` are skipped, with the reason, only where FUSE cannot work at all
-(:func:`volume.mount.fuse.fuse_usable`).
+(:func:`volume.mount.fuse.fuse_usable`). On CI (``CI=true``) no test here may skip: a missing
+``/dev/fuse``, ``fusermount3``, JuiceFS client or tool fails the run instead of hiding its tier.
 """
 
 from __future__ import annotations
@@ -18,11 +19,29 @@ from volume_local import LocalObjectStore
 from volume_sqlite import SQLiteMetaStore
 
 
+def on_ci() -> bool:
+    """Whether this run is CI's, where every tier must run."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("fuse") is not None:
         usable, why = fuse_usable()
         if not usable:
+            if on_ci():
+                pytest.fail(f"CI=true and FUSE is not usable here: {why}", pytrace=False)
             pytest.skip(f"FUSE is not usable here: {why}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """On CI a skip here (a skipif marker, a missing tool or client) is a failure."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and on_ci() and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"CI=true: an integration tier may not be skipped ({reason})"
 
 
 class MountedVolume:
