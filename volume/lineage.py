@@ -3,6 +3,9 @@
 Embedding tools (a workflow engine, a pipeline runner) say which action is running with
 :func:`action`; every version published inside it records that action as ``produced_by``.
 Outside any action the producer is this process: ``ActionRef(name="process:<hostname>")``.
+Tools can also be asked instead of telling: a *context provider* (entry-point group
+``volume.contexts``, see :func:`context_providers`) says which action is running and which bucket
+new volumes default to there; the Flyte plugin is one. The core never imports a provider's tool.
 A published version's ``produced_by.locator`` is the URI of its version document, which
 :meth:`Volume.from_locator` loads back; :func:`walk` follows ``parent_produced_by.locator``.
 """
@@ -13,7 +16,7 @@ import contextlib
 import contextvars
 import os
 import socket
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from .errors import VolumeUsageError
 
@@ -23,6 +26,30 @@ if TYPE_CHECKING:
 _current: contextvars.ContextVar["ActionRef | None"] = contextvars.ContextVar(
     "volume_current_action", default=None
 )
+
+CONTEXTS = "volume.contexts"
+
+
+def context_providers() -> list[Any]:
+    """The installed context providers (entry-point group ``volume.contexts``), sorted by name.
+
+    A provider is any object with two methods, each returning None outside its tool's context:
+    ``action()``, the running action (an :class:`ActionRef` or its fields as a mapping), and
+    ``bucket()``, the bucket new volumes default to there. A provider must not import its tool
+    unless the tool is already imported (nothing can be running in a tool never imported).
+    """
+    from . import plugins
+
+    return [plugins.load(CONTEXTS, name) for name in plugins.names(CONTEXTS)]
+
+
+def default_bucket() -> "str | None":
+    """The bucket the running action's context provider gives new volumes, or None."""
+    for provider in context_providers():
+        bucket = provider.bucket()
+        if bucket:
+            return str(bucket)
+    return None
 
 
 @contextlib.contextmanager
@@ -45,12 +72,17 @@ def action(ref: "ActionRef | str", **fields: str | None) -> Iterator["ActionRef"
 
 
 def current_action() -> "ActionRef":
-    """The action now running, or this process when no action was declared."""
+    """The action now running: the innermost :func:`action` block, else the first context
+    provider that knows one, else this process."""
     from .model import ActionRef
 
     ref = _current.get()
     if ref is not None:
         return ref.model_copy()
+    for provider in context_providers():
+        found = provider.action()
+        if found is not None:
+            return ActionRef.model_validate(found).model_copy(update={"locator": None})
     return ActionRef(name=f"process:{socket.gethostname()}", run_name=f"pid-{os.getpid()}")
 
 
