@@ -345,11 +345,14 @@ class Volume(_Model):
     ) -> Volume:
         """Declare a brand-new, empty volume; its first mount formats it. No I/O.
 
-        ``bucket`` defaults to ``$UNION_VOLUME_BUCKET``; ``metadata_store_type`` to
+        ``bucket`` defaults to the one the running action's context gives (inside a Flyte task:
+        ``{raw_data_root}/{project}/{domain}/volumes``, see ``volume.lineage.default_bucket``),
+        else ``$UNION_VOLUME_BUCKET``; ``metadata_store_type`` to
         ``$UNION_VOLUME_METADATA_STORE``, else ``sqlite``.
         """
-        from . import lifecycle
+        from . import lifecycle, lineage
 
+        bucket = bucket or lineage.default_bucket()
         return lifecycle.declare(Volume, name, bucket, storage, region, metadata_store_type)
 
     @classmethod
@@ -365,8 +368,9 @@ class Volume(_Model):
 
         No I/O; defaults as in :meth:`empty`.
         """
-        from . import lifecycle
+        from . import lifecycle, lineage
 
+        bucket = bucket or lineage.default_bucket()
         return lifecycle.declare(
             RWVolume, name or lifecycle.auto_name(), bucket, storage, region, metadata_store_type
         )
