@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -41,6 +42,7 @@ from .errors import (
     VolumeNoIndex,
     VolumeNotForkable,
     VolumeNotMounted,
+    VolumeReadOnly,
     VolumeStoreMismatch,
     VolumeUsageError,
 )
@@ -84,7 +86,7 @@ def declare(
             f"abfs://...) or set ${ENV_BUCKET}"
         )
     store_type = metadata_store_type or os.environ.get(ENV_METADATA_STORE) or DEFAULT_METADATA_STORE
-    return cls.parse(
+    volume = cls.parse(
         {
             "name": name,
             "bucket": bucket,
@@ -93,6 +95,17 @@ def declare(
             "metadata_store_type": store_type,
         }
     )
+    if volume.storage == "file":  # a relative directory would name another one elsewhere
+        volume.bucket = _absolute_local(volume.bucket)
+    return volume
+
+
+def _absolute_local(bucket: str) -> str:
+    """A ``file`` bucket in the same form (plain path or ``file://``), made absolute."""
+    if bucket.lower().startswith("file://"):
+        rest = bucket[len("file://") :]
+        return bucket if rest.startswith("/") else "file://" + os.path.abspath(rest)
+    return os.path.abspath(os.path.expanduser(bucket))
 
 
 def auto_name() -> str:
@@ -120,14 +133,135 @@ def _uri(objects: ObjectStore, key: str) -> str:
     return f"{objects.uri.rstrip('/')}/{key}"
 
 
-def _key_of(objects: ObjectStore, uri: str) -> str:
+def _bucket_key(objects: ObjectStore, uri: str) -> Optional[str]:
+    """The key of ``uri`` in ``objects``, or None when it lies outside the store's root.
+
+    Besides the store's own URI form, a ``file`` store takes a plain path and a relative
+    ``file://`` URI of its directory (relative to the working directory).
+    """
     root = objects.uri.rstrip("/") + "/"
-    if not uri.startswith(root):
+    plain = _SCHEME.match(uri) is None
+    if (root.startswith("file://") and plain) or uri.startswith("file://"):
+        local = uri[len("file://") :] if uri.startswith("file://") else uri
+        uri = "file://" + os.path.normpath(os.path.abspath(os.path.expanduser(local)))
+    return uri[len(root) :] if uri.startswith(root) else None
+
+
+def _key_of(objects: ObjectStore, uri: str) -> str:
+    key = _bucket_key(objects, uri)
+    if key is None:
         raise VolumeIndexCorrupt(
             f"index {uri!r} is not inside the volume's bucket {objects.uri!r}; the volume document "
             f"is inconsistent"
         )
-    return uri[len(root) :]
+    return key
+
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def fetch_index(volume: "Volume", objects: ObjectStore, dest: Path) -> None:
+    """Download the volume's index to ``dest`` and verify it against ``index.hash``.
+
+    The index may be anywhere the volume's object store or fsspec can read: a key of the volume's
+    own store (in the store's URI form, or as a plain path for ``file`` buckets), another
+    location of an installed object store (same credentials and region rules), or any fsspec URL.
+    Its hash is always checked; an index outside the bucket must carry one. Raises
+    :class:`VolumeIndexCorrupt` (nothing is left at ``dest``) when it is missing, unreadable or
+    does not match.
+    """
+    index = volume.index
+    assert index is not None
+    key = _bucket_key(objects, index.path)
+    if key is None and not index.hash:
+        raise VolumeIndexCorrupt(
+            f"the index {index.path} of volume {volume.name!r} lies outside its bucket "
+            f"{objects.uri!r} and has no hash to verify it by; record its hash (sha256:<hex>) in "
+            f"the volume document"
+        )
+    try:
+        try:
+            if key is not None:
+                objects.get_file(key, dest)
+            else:
+                _fetch_outside(volume, index.path, dest)
+        except (ObjectNotFound, FileNotFoundError) as exc:
+            raise VolumeIndexCorrupt(
+                f"the index {index.path} of volume {volume.name!r} does not exist; the version "
+                f"was never published completely or was deleted"
+            ) from exc
+        if index.hash:
+            actual = _digest(dest, index.hash)
+            if actual != index.hash:
+                raise VolumeIndexCorrupt(
+                    f"the index {index.path} does not match its recorded hash {index.hash} "
+                    f"(it hashes to {actual}); it is corrupt or was replaced"
+                )
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+
+
+def _digest(path: Path, recorded: str) -> str:
+    """The hash of ``path`` in the form of ``recorded`` (``<algorithm>:<hex>``)."""
+    algorithm, sep, _ = recorded.partition(":")
+    if not sep or algorithm not in hashlib.algorithms_guaranteed:
+        raise VolumeIndexCorrupt(
+            f"the index hash {recorded!r} is not of the form <algorithm>:<hex> with a known "
+            f"algorithm such as sha256"
+        )
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return f"{algorithm}:{h.hexdigest()}"
+
+
+def _fetch_outside(volume: "Volume", uri: str, dest: Path) -> None:
+    """Copy ``uri`` (outside the volume's bucket) to ``dest``."""
+    region = volume.region if _location_storage(uri) == volume.storage else None
+    with _location(uri, region) as (store, name):
+        if store is not None:
+            store.get_file(name, dest)
+            return
+    import fsspec
+
+    try:
+        with fsspec.open(uri, "rb") as src, open(dest, "wb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+    except FileNotFoundError:
+        raise
+    except (ValueError, ImportError, OSError) as exc:
+        raise VolumeIndexCorrupt(f"cannot read the index {uri!r}: {exc}") from exc
+
+
+def _location_storage(uri: str) -> Optional[str]:
+    """The installed object store that reads ``uri`` (a plain path is ``file``), or None."""
+    from .errors import PluginNotFound, VolumeValidationError
+    from .model import _scheme_storage
+
+    try:
+        storage = _scheme_storage(uri) or "file"
+        plugins.object_store_class(storage)
+    except (VolumeValidationError, PluginNotFound):
+        return None
+    return storage
+
+
+@contextlib.contextmanager
+def _location(uri: str, region: Optional[str]) -> Any:
+    """``(store, key)`` of an installed object store opened on the directory of ``uri``, or
+    ``(None, None)`` when no installed store reads it (the caller then tries fsspec)."""
+    storage = _location_storage(uri)
+    parent, _, name = uri.rpartition("/")
+    if storage is None or not name or not parent or parent.endswith(":/"):
+        yield None, None
+        return
+    store = plugins.object_store_class(storage).from_uri(parent, region=region)
+    try:
+        yield store, name
+    finally:
+        store.close()
 
 
 # =========================================================================== meta dirs
@@ -221,6 +355,7 @@ def _stage_index(volume: "Volume", objects: ObjectStore, md: MetaDir, *, purpose
         and marker is not None
         and marker.get("state") == "pristine"
         and marker.get("path") == index.path
+        and marker.get("hash") == index.hash
         and local.exists()
         and marker.get("size") == local.stat().st_size
     ):
@@ -233,24 +368,14 @@ def _stage_index(volume: "Volume", objects: ObjectStore, md: MetaDir, *, purpose
     md.clear(store_cls)
     download = md.path / f".download-{secrets.token_hex(4)}"
     try:
-        try:
-            objects.get_file(_key_of(objects, index.path), download)
-        except ObjectNotFound as exc:
-            raise VolumeIndexCorrupt(
-                f"the index {index.path} of volume {volume.name!r} does not exist; the version "
-                f"was never published completely or was deleted"
-            ) from exc
-        if index.hash and _sha256(download) != index.hash:
-            raise VolumeIndexCorrupt(
-                f"the index {index.path} does not match its recorded hash {index.hash}; it is "
-                f"corrupt or was replaced"
-            )
+        fetch_index(volume, objects, download)
         store_cls.restore(download, md.path)
     finally:
         download.unlink(missing_ok=True)
     md.set_marker(
-        path=index.path, size=local.stat().st_size, store=store_cls.name, state="pristine"
-    )
+        path=index.path, size=local.stat().st_size, store=store_cls.name, state="pristine",
+        hash=index.hash,
+    )  # fmt: skip
 
 
 # =========================================================================== mounts
@@ -578,13 +703,19 @@ def commit(volume: "RWVolume", message: Optional[str], timeout: Optional[float] 
     def drain() -> None:
         engine.drain(timeout)
 
-    parent = m.last_commit or volume.parent_produced_by
+    if not m.writable:
+        raise VolumeReadOnly(
+            f"the mount of volume {volume.name!r} is read-only, so there is nothing to commit; "
+            f"fork the version (volume.fork(new_name)) to get a writable copy"
+        )
+    parent = volume.produced_by  # the previous version of this handle (lineage, spec/volume.md)
     version = publish(
         volume, m.objects, m.meta, message=message, parent=parent,
         before_snapshot=drain, after_snapshot=lambda: engine.blocks.drain(timeout),
     )  # fmt: skip
     engine.modified = False
     m.last_commit = version.produced_by
+    volume.produced_by, volume.parent_produced_by = version.produced_by, parent
     volume.index = version.index
     volume.used_bytes, volume.inode_count = version.used_bytes, version.inode_count
     volume.index_bytes = version.index_bytes
@@ -617,6 +748,7 @@ def fork(
             f"volume {volume.name!r} has no committed index to fork from; commit or finalize it "
             f"first"
         )
+    # the fork point: the source's index under the fork's name, produced by the current action
     child = RWVolume.parse(
         {
             **volume.model_dump(exclude={"kind"}),
@@ -632,13 +764,15 @@ def fork(
         _stage_index(volume, objects, md, purpose="write")
         md.set_marker(store=_meta_class(volume).name, state="preparing")
         with _meta_class(volume).open(md.path) as meta:
-            domain = claim_domain(objects, meta.load_format().Name, name)
+            fs_name = meta.load_format().Name
+            domain = claim_domain(objects, fs_name, name)
             with meta.transaction(write=True) as tx:
                 enter_domain(tx, domain)
                 advance_counters(tx)
         md.set_marker(
             path=volume.index.path, store=_meta_class(volume).name, state="forked", domain=domain
         )
+        _publish_fork_point(child, objects, fs_name)
     except BaseException:
         md.owned = md.owned or meta_dir is None
         md.release()
@@ -651,6 +785,22 @@ def fork(
     if owned:
         child._staged_meta_dir = md.path
     return child
+
+
+def _publish_fork_point(child: "RWVolume", objects: ObjectStore, fs_name: str) -> None:
+    """Write the fork point's version document (its own locator; the index stays the source's,
+    so no index is uploaded and no block is touched) and stamp its locator on ``child``."""
+    from .model import ROVolume
+
+    prefix = f"{fs_name}/_volume/versions/{_version_id(child.name)}/"
+    assert child.produced_by is not None
+    child.produced_by = child.produced_by.model_copy(
+        update={"locator": _uri(objects, prefix + VERSION_DOCUMENT)}
+    )
+    point = ROVolume.model_validate(child.model_dump())
+    objects.put(
+        prefix + VERSION_DOCUMENT, point.model_dump_json(indent=2).encode(), if_absent=True
+    )
 
 
 def migrate(
@@ -709,9 +859,19 @@ def from_locator(uri: str) -> "ROVolume":
 
     from .model import ROVolume
 
+    if not isinstance(uri, str) or not uri.strip():
+        raise VolumeUsageError(
+            f"locator {uri!r} is empty; pass the produced_by.locator of a published version"
+        )
     try:
-        with fsspec.open(uri, "rb") as f:
-            data = f.read()
-    except FileNotFoundError as exc:
+        with _location(uri, None) as (store, name):
+            if store is not None:
+                data = store.get(name)
+            else:
+                with fsspec.open(uri, "rb") as f:
+                    data = f.read()
+    except (ObjectNotFound, FileNotFoundError) as exc:
         raise VolumeIndexCorrupt(f"no version document at {uri!r}") from exc
+    except (ValueError, ImportError, OSError) as exc:
+        raise VolumeIndexCorrupt(f"cannot read the version document at {uri!r}: {exc}") from exc
     return ROVolume.parse(data)

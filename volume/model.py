@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 import re
+import threading
 import warnings
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Mapping, Optional, Union
 
@@ -39,7 +40,7 @@ from pydantic_core import ErrorDetails
 from typing_extensions import Self
 
 from . import plugins
-from .errors import VolumeNotMounted, VolumeValidationError
+from .errors import VolumeNotMounted, VolumeReadOnly, VolumeUsageError, VolumeValidationError
 from .juicefs import VOLUME_NAME_RULE, is_valid_volume_name
 
 if TYPE_CHECKING:
@@ -332,6 +333,39 @@ class Volume(_Model):
         """This document as an :class:`RWVolume` (a copy; every field kept, mount state not)."""
         return RWVolume.model_validate(self.model_dump())
 
+    # ----------------------------------------------------------------- mount state
+
+    # the live mount this handle owns; private so the JSON stays the document
+    _mount: Any = PrivateAttr(default=None)
+
+    # a fork's prepared metadata directory, handed to the first mount when none is given
+    _staged_meta_dir: Any = PrivateAttr(default=None)
+
+    @property
+    def mounted(self) -> bool:
+        """Whether this handle currently owns a mount."""
+        return self._mount is not None
+
+    @property
+    def fs(self) -> AbstractFileSystem:
+        """The in-process (fsspec-compatible) file system of the mounted volume."""
+        if self._mount is None:
+            raise VolumeNotMounted(f"volume {self.name!r} is not mounted; call mount() first")
+        return self._mount.fs
+
+    def unmount(self) -> None:
+        """Release this handle's mount (a writable one abandons unpublished work, loudly)."""
+        from . import lifecycle
+
+        lifecycle.unmount(self)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._mount is not None:
+            self.unmount()
+
     # ----------------------------------------------------------------- seed API
 
     @classmethod
@@ -347,8 +381,8 @@ class Volume(_Model):
 
         ``bucket`` defaults to the one the running action's context gives (inside a Flyte task:
         ``{raw_data_root}/{project}/{domain}/volumes``, see ``volume.lineage.default_bucket``),
-        else ``$UNION_VOLUME_BUCKET``; ``metadata_store_type`` to
-        ``$UNION_VOLUME_METADATA_STORE``, else ``sqlite``.
+        else ``$UNION_VOLUME_BUCKET`` (a relative local directory is stored absolute);
+        ``metadata_store_type`` to ``$UNION_VOLUME_METADATA_STORE``, else ``sqlite``.
         """
         from . import lifecycle, lineage
 
@@ -364,16 +398,17 @@ class Volume(_Model):
         region: Optional[str] = None,
         metadata_store_type: Optional[str] = None,
     ) -> RWVolume:
-        """Declare a brand-new volume as a writable working copy (``vol-<8 hex>`` if unnamed).
+        """Declare a brand-new volume as a writable working copy (``vol-<8 hex>`` if ``name`` is
+        None; any other name, ``""`` included, must follow the name rule).
 
         No I/O; defaults as in :meth:`empty`.
         """
         from . import lifecycle, lineage
 
+        if name is None:
+            name = lifecycle.auto_name()
         bucket = bucket or lineage.default_bucket()
-        return lifecycle.declare(
-            RWVolume, name or lifecycle.auto_name(), bucket, storage, region, metadata_store_type
-        )
+        return lifecycle.declare(RWVolume, name, bucket, storage, region, metadata_store_type)
 
     @classmethod
     def from_locator(cls, uri: str) -> ROVolume:
@@ -382,14 +417,83 @@ class Volume(_Model):
 
         return lifecycle.from_locator(uri)
 
+    def mount(
+        self,
+        mount_path: PathArg = None,
+        meta_dir: PathArg = None,
+        cache_dir: PathArg = None,
+        timeout: float = 120,
+        writeback: bool = True,
+        upload_delay: Optional[str] = None,
+        max_uploads: int = 8,
+        attr_cache: float = 1.0,
+        entry_cache: float = 1.0,
+        dir_entry_cache: float = 1.0,
+        read_only: Optional[bool] = None,
+        transport: str = "auto",
+    ) -> Self:
+        """Mount this volume (the seed's legacy form); returns self.
+
+        A never-committed volume is formatted on its first mount and mounts writable; a
+        committed version mounts read-only (``read_only=False`` on one is refused: fork it for
+        a writable copy). ``read_only=None`` picks by that rule. ``writeback`` and
+        ``max_uploads`` are :meth:`RWVolume.mount`'s ``writeback`` and ``upload_workers``;
+        ``upload_delay`` is not supported and must stay None.
+        """
+        if upload_delay is not None:
+            raise VolumeUsageError(
+                f"upload_delay={upload_delay!r} is not supported: blocks are uploaded as soon as "
+                f"they are written; leave upload_delay=None"
+            )
+        committed = self.index is not None
+        if read_only is None:
+            read_only = committed
+        if read_only:
+            return ROVolume.mount(  # type: ignore[return-value]
+                self, mount_path, meta_dir, cache_dir, timeout, attr_cache, entry_cache,
+                dir_entry_cache, transport,
+            )  # fmt: skip
+        if committed:
+            raise VolumeReadOnly(
+                f"volume {self.name!r} is a committed version, so it mounts read-only; to write, "
+                f"fork it (volume.fork(new_name)) and mount the fork, or mount it with "
+                f"read_only=True"
+            )
+        return RWVolume.mount(  # type: ignore[return-value]
+            self, mount_path, meta_dir, cache_dir, timeout, attr_cache, entry_cache,
+            dir_entry_cache, writeback, max_uploads, transport=transport,
+        )  # fmt: skip
+
+    def fork(
+        self,
+        name: str,
+        mount_path: PathArg = None,
+        meta_dir: PathArg = None,
+        timeout: float = 60,
+    ) -> RWVolume:
+        """A writable copy named ``name`` sharing every data block (the seed's legacy form).
+
+        With ``mount_path``, fork the volume mounted there (by any handle of this process): a
+        writable mount is committed first and stays mounted. Otherwise fork this handle (its own
+        writable mount, if it has one, is committed first). ``meta_dir`` is the fork's metadata
+        directory. Raises :class:`~volume.errors.VolumeNotForkable` without an index.
+        """
+        from . import lifecycle
+
+        source = self if mount_path is None else _live_mount(self, mount_path, None, "fork")
+        return lifecycle.fork(source, name, meta_dir, timeout)
+
     def commit(
         self,
         mount_path: PathArg = None,
         meta_dir: PathArg = None,
         timeout: float = 60,
         message: Optional[str] = None,
-    ) -> ROVolume:
-        """Commit the volume mounted at ``mount_path`` as a new version.
+    ) -> Volume:
+        """Drain, unmount and publish the writable mount at ``mount_path`` (or using
+        ``meta_dir``; this handle's own mount when neither is given); returns the new version.
+
+        The mount may belong to any handle of this process (one rebuilt from JSON finds it).
 
         .. deprecated:: mount an :class:`RWVolume` and use its ``commit()`` or ``finalize()``.
         """
@@ -400,7 +504,13 @@ class Volume(_Model):
         )
         from . import lifecycle
 
-        return lifecycle.finalize(self, message, timeout)  # type: ignore[arg-type]
+        owner = _live_mount(self, mount_path, meta_dir, "commit")
+        if not owner._mount.writable:
+            raise VolumeReadOnly(
+                f"the mount of volume {owner.name!r} is read-only, so there is nothing to commit; "
+                f"fork the version (volume.fork(new_name)) to get a writable copy"
+            )
+        return lifecycle.finalize(owner, message, timeout)  # type: ignore[arg-type]
 
     def migrate_metadata_store_type(
         self,
@@ -418,33 +528,11 @@ class Volume(_Model):
 
 
 class _MountableVolume(Volume):
-    """What read-only and writable handles share: mount state, unmount, fs, context manager."""
+    """What read-only and writable handles share: the typed fork."""
 
-    # the live mount this handle owns; private so the JSON stays the document
-    _mount: Any = PrivateAttr(default=None)
-
-    # a fork's prepared metadata directory, handed to the first mount when none is given
-    _staged_meta_dir: Any = PrivateAttr(default=None)
-
-    def unmount(self) -> None:
-        """Release this handle's mount (a writable one abandons unpublished work, loudly)."""
-        from . import lifecycle
-
-        lifecycle.unmount(self)
-
-    @property
-    def mounted(self) -> bool:
-        """Whether this handle currently owns a mount."""
-        return self._mount is not None
-
-    @property
-    def fs(self) -> AbstractFileSystem:
-        """The in-process (fsspec-compatible) file system of the mounted volume."""
-        if self._mount is None:
-            raise VolumeNotMounted(f"volume {self.name!r} is not mounted; call mount() first")
-        return self._mount.fs
-
-    def fork(self, name: str, meta_dir: PathArg = None, timeout: float = 60) -> RWVolume:
+    def fork(  # type: ignore[override]
+        self, name: str, meta_dir: PathArg = None, timeout: float = 60
+    ) -> RWVolume:
         """A writable copy named ``name`` sharing every data block (metadata only).
 
         A mounted :class:`RWVolume` is committed first (a live fork) and stays mounted.
@@ -453,18 +541,11 @@ class _MountableVolume(Volume):
 
         return lifecycle.fork(self, name, meta_dir, timeout)
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._mount is not None:
-            self.unmount()
-
 
 class ROVolume(_MountableVolume):
     """An immutable, committed version; it always mounts read-only."""
 
-    def mount(
+    def mount(  # type: ignore[override]
         self,
         mount_path: PathArg = None,
         meta_dir: PathArg = None,
@@ -474,21 +555,22 @@ class ROVolume(_MountableVolume):
         entry_cache: float = 1.0,
         dir_entry_cache: float = 1.0,
         transport: str = "auto",
-    ) -> ROVolume:
+    ) -> Self:
         """Mount this version read-only (``transport``: "auto", "fuse" or "none"); returns self."""
         from . import lifecycle
 
         kernel = lifecycle.KernelOptions(
             _as_path(mount_path), timeout, attr_cache, entry_cache, dir_entry_cache
         )
-        self._mount = lifecycle.mount_ro(self, kernel, meta_dir, cache_dir, transport)
+        self._mount = lifecycle.mount_ro(self, kernel, meta_dir, cache_dir, transport)  # type: ignore[arg-type]
+        _register(self, mount_path)
         return self
 
 
 class RWVolume(_MountableVolume):
     """A writable working copy: mount it, write, then commit or finalize."""
 
-    def mount(
+    def mount(  # type: ignore[override]
         self,
         mount_path: PathArg = None,
         meta_dir: PathArg = None,
@@ -501,28 +583,38 @@ class RWVolume(_MountableVolume):
         upload_workers: int = 8,
         buffer_size_mb: int = 300,
         transport: str = "auto",
-    ) -> RWVolume:
+    ) -> Self:
         """Mount this working copy read-write (``transport``: "auto", "fuse" or "none").
 
         The first mount of a never-committed volume formats it; later mounts continue from its
-        index in a slice domain of their own. Returns self.
+        index in a slice domain of their own. With ``writeback`` (the default) a write is
+        acknowledged once buffered and blocks upload in the background; with
+        ``writeback=False`` every close (and flush) also waits until the blocks written so far
+        are stored. Returns self.
         """
         from . import lifecycle
 
+        if not isinstance(writeback, bool):
+            raise VolumeUsageError(f"writeback must be True or False, not {writeback!r}")
         kernel = lifecycle.KernelOptions(
             _as_path(mount_path), timeout, attr_cache, entry_cache, dir_entry_cache
         )
-        self._mount = lifecycle.mount_rw(
-            self, kernel, meta_dir, cache_dir, transport,
+        m = lifecycle.mount_rw(
+            self, kernel, meta_dir, cache_dir, transport,  # type: ignore[arg-type]
             upload_workers=upload_workers, buffer_bytes=buffer_size_mb << 20,
         )  # fmt: skip
+        if not writeback:
+            _write_through(m.engine)
+        self._mount = m
+        _register(self, mount_path)
         return self
 
     # The seed API gives RWVolume.commit its own signature; Volume.commit is the deprecated form.
     def commit(self, message: Optional[str] = None) -> ROVolume:  # type: ignore[override]
         """Snapshot the mounted working copy as a new version; it stays mounted and writable.
 
-        Each commit's parent is the previous commit of this handle.
+        Each commit's parent is the previous version of this handle (its ``produced_by``, which
+        the commit then advances), across remounts.
         """
         from . import lifecycle
 
@@ -533,3 +625,69 @@ class RWVolume(_MountableVolume):
         from . import lifecycle
 
         return lifecycle.finalize(self, message, timeout)
+
+
+# --------------------------------------------------------------------------- live mounts
+#
+# Every mount made through a handle is recorded here, so that the seed's legacy calls that name a
+# mount by its path (Volume.commit(mount_path=...), Volume.fork(name, mount_path)) find it from
+# any handle of the process, such as one rebuilt from JSON. An entry is live while its handle
+# still owns that very mount; dead entries are dropped on the next lookup.
+
+_live_lock = threading.Lock()
+_live: list[tuple[Volume, Any, Optional[Path]]] = []
+
+
+def _resolved(p: PathArg) -> Optional[Path]:
+    return None if p is None else Path(p).expanduser().resolve()
+
+
+def _register(handle: Volume, mount_path: PathArg) -> None:
+    with _live_lock:
+        _live.append((handle, handle._mount, _resolved(mount_path)))
+
+
+def _live_mount(self: Volume, mount_path: PathArg, meta_dir: PathArg, verb: str) -> Volume:
+    """The handle owning the mount at ``mount_path`` / using ``meta_dir`` (self's own mount when
+    both are None); :class:`VolumeNotMounted` naming what was asked for when there is none."""
+    if mount_path is None and meta_dir is None:
+        if self._mount is None:
+            raise VolumeNotMounted(
+                f"cannot {verb} volume {self.name!r}: it is not mounted (already finalized or "
+                f"unmounted); mount() it first, or pass the mount_path of a live mount"
+            )
+        return self
+    want_path, want_meta = _resolved(mount_path), _resolved(meta_dir)
+    with _live_lock:
+        _live[:] = [e for e in _live if e[0]._mount is e[1]]
+        for handle, m, requested in _live:
+            paths = {requested, _resolved(m.mount_path)} - {None}
+            if want_path is not None and want_path not in paths:
+                continue
+            if want_meta is not None and want_meta != _resolved(m.meta_dir.path):
+                continue
+            return handle
+    asked = " and ".join(
+        f"{what} {str(p)!r}" for what, p in (("mount_path", mount_path), ("meta_dir", meta_dir))
+        if p is not None
+    )  # fmt: skip
+    raise VolumeNotMounted(
+        f"cannot {verb}: nothing is mounted in this process with {asked}; mount the volume "
+        f"first (volume.mount(mount_path=...)) or pass the path of a live mount"
+    )
+
+
+def _write_through(engine: Any) -> None:
+    """Make every flush and close of ``engine``'s files wait until the blocks written so far are
+    stored (``writeback=False``); an upload failure is reported by that close."""
+    flush, release = engine.flush, engine.release
+
+    def flush_stored(fh: int) -> None:
+        flush(fh)
+        engine.blocks.drain()
+
+    def release_stored(fh: int) -> None:
+        release(fh)
+        engine.blocks.drain()
+
+    engine.flush, engine.release = flush_stored, release_stored

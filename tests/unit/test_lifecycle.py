@@ -238,15 +238,20 @@ def test_failed_drain_publishes_nothing_and_keeps_the_mount(mem_bucket: str) -> 
 def test_fork_moves_no_block_bytes(mem_bucket: str) -> None:
     base = committed(mem_bucket, content={"big": os.urandom(3 << 20), "small": b"s"})
     store = memory_store(mem_bucket)
+    keys_before = {o.key for o in store.list("")}
     before = store.stats.copy()
     child = base.fork("child")
     moved = store.stats - before
     assert moved.get_bytes == base.index_bytes  # the index, and not one block
-    assert moved.puts == 1 and moved.put_bytes < 1024  # the domain claim only
+    # the domain claim and the fork point's version document: no index, no block
+    assert moved.puts == 2 and moved.put_bytes < 4096
+    new_keys = {o.key for o in store.list("")} - keys_before
+    assert len(new_keys) == 2 and {k.split("/")[2] for k in new_keys} == {"domains", "versions"}
     assert child.parent_produced_by == base.produced_by and child.index == base.index
+    assert child.produced_by.locator.endswith("/volume.json")
     child.mount(transport="none")
     assert sorted(files(child)) == ["big", "small"]
-    assert (store.stats - before).put_bytes < 1024
+    assert (store.stats - before).put_bytes == moved.put_bytes  # mounting the fork puts nothing
 
 
 def test_fork_and_parent_are_isolated_both_ways(bucket: str) -> None:
@@ -416,9 +421,11 @@ def test_bucket_matches_spec_layout(bucket: str) -> None:
             d1, d2, sid, _indx, bsize = map(int, m.groups())
             assert (d1, d2) == (sid // 1_000_000, sid // 1000) and bsize <= 4 << 20
     versions = {k.split("/")[2] for k in keys if k.startswith("_volume/versions/")}
-    assert len(versions) == 2
-    for v in versions:
+    assert len(versions) == 3  # the base, the fork point and the fork's commit
+    fork_point = Path(version.parent_produced_by.locator[len("file://") :]).parent.name
+    for v in versions - {fork_point}:
         assert {f"_volume/versions/{v}/meta.db", f"_volume/versions/{v}/volume.json"} <= set(keys)
+    assert {k for k in keys if fork_point in k} == {f"_volume/versions/{fork_point}/volume.json"}
     conn = sqlite3.connect(version.index.path[len("file://") :])
     with conn:
         refs = conn.execute("SELECT chunkid, size FROM jfs_chunk_ref").fetchall()
