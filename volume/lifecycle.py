@@ -24,18 +24,20 @@ import re
 import secrets
 import shutil
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
-from . import plugins
+from . import plugins, workcopy
 from .allocator import advance_counters, claim_domain, enter_domain
-from .engine import Engine, PathFS, format_volume, new_format
+from .engine import Engine, PathFS, new_format
 from .errors import (
     ObjectNotFound,
     VolumeAlreadyMounted,
+    VolumeCommitError,
     VolumeIndexCorrupt,
     VolumeMigrateNoop,
     VolumeMountError,
@@ -44,6 +46,7 @@ from .errors import (
     VolumeNotMounted,
     VolumeReadOnly,
     VolumeStoreMismatch,
+    VolumeSystemError,
     VolumeUsageError,
 )
 from .juicefs import COUNTER_TOTAL_INODES, COUNTER_USED_SPACE
@@ -280,6 +283,7 @@ class MetaDir:
         """Lock ``meta_dir`` (a new temporary directory when None)."""
         if meta_dir is None:
             path, owned = Path(tempfile.mkdtemp(prefix=f"volume-{volume_name}-")), True
+            workcopy.track_temp(path)  # removed on release, or at exit at the latest
         else:
             path, owned = Path(meta_dir).expanduser().resolve(), False
             if path.exists() and not path.is_dir():
@@ -327,7 +331,13 @@ class MetaDir:
         os.close(self.lock_fd)
         self.lock_fd = -1
         if self.owned:
-            shutil.rmtree(self.path, ignore_errors=True)
+            workcopy.remove_temp(self.path)
+
+    def set_state(self, state: str) -> None:
+        """Record what became of the working copy kept here (see :mod:`volume.workcopy`)."""
+        marker = self.marker()
+        if marker is not None and marker.get("state") == workcopy.IN_USE:
+            self.set_marker(**{**marker, "state": state})
 
 
 def _sha256(path: Path) -> str:
@@ -411,11 +421,19 @@ class Mount:
             self._fs = VolumeFileSystem(PathFS(self.engine), read_only=not self.writable)
         return self._fs
 
-    def close(self, *, drain: bool) -> None:
-        """Unmount the kernel mount, stop the engine, release the stores and the meta dir."""
+    def close(self, *, drain: bool, timeout: float = 30.0) -> None:
+        """Unmount the kernel mount, stop the engine, release the stores and the meta dir.
+
+        A writable engine is frozen first: a process still writing gets ``EROFS`` (never a
+        silent loss), and a busy kernel mount stays mounted read-only until its users leave or
+        ``timeout`` passes (it is never unmounted lazily: see :meth:`FuseMount.stop`).
+        """
+        workcopy.untrack_mount(self)
         try:
+            if self.writable:
+                self.engine.freeze()
             if self.kernel is not None:
-                self.kernel.stop()
+                self.kernel.stop(timeout)
             self.engine.close(drain=drain)
         finally:
             self.meta.close()
@@ -476,6 +494,7 @@ def _kernel_path(volume_name: str, kernel: KernelOptions, transport: str) -> Opt
 def _attach(m: "Mount", kernel: KernelOptions, path: Optional[Path]) -> "Mount":
     """Start the kernel mount of ``m`` at ``path`` (FUSE only); release ``m`` on failure."""
     if path is None:
+        workcopy.track_mount(m)
         return m
     from .mount.fuse import FuseMount
 
@@ -489,6 +508,7 @@ def _attach(m: "Mount", kernel: KernelOptions, path: Optional[Path]) -> "Mount":
         m.close(drain=False)
         raise
     m.mount_path = path
+    workcopy.track_mount(m)
     return m
 
 
@@ -555,20 +575,32 @@ def mount_rw(
         md.owned = True  # the fork's temporary dir now belongs to this mount
         volume._staged_meta_dir = None
     store_cls = _meta_class(volume)
+    fmt = None  # the new volume's Format once its name is claimed (first mounts)
     try:
         marker = md.marker()
-        if volume.index is None:
+        if workcopy.resumable(md, volume, objects, store_cls.name):
+            meta = store_cls.open(md.path)
+            if not workcopy.check_uuid(objects, meta.load_format()):
+                raise VolumeStoreMismatch(
+                    f"meta_dir {md.path} holds a working copy of {volume.name!r} from another "
+                    f"bucket or an earlier volume of that name; pass another meta_dir"
+                )
+            domain = claim_domain(objects, meta.load_format().Name, volume.name)
+            log.warning("volume %s: resuming the unpublished working copy in %s", volume.name,
+                        md.path)  # fmt: skip
+        elif volume.index is None:
             md.clear(store_cls)
             meta = store_cls.open(md.path)
-            fs_name = volume.name
             try:
-                fmt = new_format(fs_name, storage=volume.storage, bucket=objects.uri)
-                format_volume(meta, objects, fmt)
+                fmt = workcopy.claim_name(
+                    objects, new_format(volume.name, storage=volume.storage, bucket=objects.uri)
+                )
+                meta.format(fmt, time.time_ns())
             except BaseException:
                 meta.close()
                 md.clear(store_cls)
                 raise
-            domain = claim_domain(objects, fs_name, volume.name)
+            domain = claim_domain(objects, fmt.Name, volume.name)
         elif (
             marker is not None
             and marker.get("state") == "forked"
@@ -580,7 +612,11 @@ def mount_rw(
             _stage_index(volume, objects, md, purpose="write")
             meta = store_cls.open(md.path)
             domain = claim_domain(objects, meta.load_format().Name, volume.name)
-        md.set_marker(store=store_cls.name, state="in-use", domain=domain)
+        md.set_marker(
+            **workcopy.working_copy_marker(
+                volume, objects, store_cls.name, domain, meta.load_format().UUID
+            )
+        )
         with meta.transaction(write=True) as tx:
             enter_domain(tx, domain)
         engine = Engine(
@@ -588,12 +624,22 @@ def mount_rw(
             cache_dir=cache_dir,
         )  # fmt: skip
     except BaseException:
+        if fmt is not None:
+            workcopy.first_mount_failed(objects, fmt)
         with contextlib.suppress(Exception):
             meta.close()  # type: ignore[possibly-undefined]
         md.release()
         objects.close()
         raise
-    return _attach(Mount(volume.name, True, objects, meta, engine, md, chosen), kernel, path)
+    try:
+        m = _attach(Mount(volume.name, True, objects, meta, engine, md, chosen), kernel, path)
+    except BaseException:
+        if fmt is not None:
+            workcopy.first_mount_failed(objects, fmt)
+        raise
+    if fmt is not None:
+        workcopy.first_mount_done(objects, fmt)
+    return m
 
 
 def unmount(volume: "Volume") -> None:
@@ -602,6 +648,9 @@ def unmount(volume: "Volume") -> None:
     if m is None:
         raise VolumeNotMounted(f"volume {volume.name!r} is not mounted")
     volume._mount = None
+    if m.writable and workcopy.signalled() is not None:
+        workcopy.close_at_exit(m)  # the process ends by a signal: keep the working copy
+        return
     if m.writable and m.engine.modified:
         warnings.warn(
             f"unmounting RWVolume {volume.name!r} abandons the changes made since its last "
@@ -610,6 +659,8 @@ def unmount(volume: "Volume") -> None:
             stacklevel=3,
         )
         log.warning("volume %s: unmounted with unpublished changes (abandoned)", volume.name)
+    if m.writable:
+        m.meta_dir.set_state(workcopy.ABANDONED)
     m.close(drain=False)
 
 
@@ -630,6 +681,7 @@ def publish(
     parent: Optional["ActionRef"],
     before_snapshot: Any = None,
     after_snapshot: Any = None,
+    snapshot: Any = None,
 ) -> "ROVolume":
     """Snapshot ``meta`` and publish it as a new version of ``volume`` (index, then document).
 
@@ -646,7 +698,7 @@ def publish(
         snap = Path(tmp) / store_cls.index_filename
         if before_snapshot is not None:
             before_snapshot()
-        size = meta.snapshot(snap)
+        size = (snapshot or meta.snapshot)(snap)
         if after_snapshot is not None:
             after_snapshot()
         with meta.transaction() as tx:
@@ -701,7 +753,15 @@ def commit(volume: "RWVolume", message: Optional[str], timeout: Optional[float] 
     engine = m.engine
 
     def drain() -> None:
-        engine.drain(timeout)
+        try:
+            engine.drain(timeout)  # publishes every open file's buffered writes, stores blocks
+        except VolumeCommitError:
+            raise
+        except (VolumeSystemError, TimeoutError) as exc:
+            raise VolumeCommitError(
+                f"cannot commit volume {volume.name!r}: {exc}; nothing was published and the "
+                f"mount is intact (retry the commit)"
+            ) from exc
 
     if not m.writable:
         raise VolumeReadOnly(
@@ -709,11 +769,16 @@ def commit(volume: "RWVolume", message: Optional[str], timeout: Optional[float] 
             f"fork the version (volume.fork(new_name)) to get a writable copy"
         )
     parent = volume.produced_by  # the previous version of this handle (lineage, spec/volume.md)
-    version = publish(
-        volume, m.objects, m.meta, message=message, parent=parent,
-        before_snapshot=drain, after_snapshot=lambda: engine.blocks.drain(timeout),
-    )  # fmt: skip
-    engine.modified = False
+    engine.modified = False  # changes from now on are the next commit's
+    try:
+        version = publish(
+            volume, m.objects, m.meta, message=message, parent=parent,
+            before_snapshot=drain, after_snapshot=drain, snapshot=engine.snapshot,
+        )  # fmt: skip
+    except BaseException:
+        engine.modified = True
+        raise
+    m.meta_dir.set_marker(**{**(m.meta_dir.marker() or {}), "base": version.index.path})
     m.last_commit = version.produced_by
     volume.produced_by, volume.parent_produced_by = version.produced_by, parent
     volume.index = version.index
@@ -723,11 +788,23 @@ def commit(volume: "RWVolume", message: Optional[str], timeout: Optional[float] 
 
 
 def finalize(volume: "RWVolume", message: Optional[str], timeout: float) -> "ROVolume":
-    """Commit, then unmount."""
-    version = commit(volume, message, timeout)
-    m = volume._mount
+    """Freeze the mount (later modifications fail with ``EROFS``), commit, then unmount.
+
+    A busy kernel mount stays mounted read-only until its users leave or the rest of
+    ``timeout`` passes. When the commit fails (:class:`VolumeCommitError`, for example on
+    ``timeout``) the mount is thawed and left intact.
+    """
+    m = _mount_of(volume, "finalize")
+    deadline = time.monotonic() + timeout
+    m.engine.freeze()
+    try:
+        version = commit(volume, message, timeout)
+    except BaseException:
+        m.engine.thaw()
+        raise
     volume._mount = None
-    m.close(drain=True)
+    m.meta_dir.set_state(workcopy.PUBLISHED)
+    m.close(drain=True, timeout=max(deadline - time.monotonic(), 1.0))
     return version
 
 
@@ -784,6 +861,7 @@ def fork(
     md.release()
     if owned:
         child._staged_meta_dir = md.path
+        workcopy.remove_with(child, md.path)  # never mounted: it goes with the handle
     return child
 
 

@@ -1,0 +1,273 @@
+"""Working copies beyond one call: claiming a new volume's name, resuming a working copy left in
+a ``meta_dir``, and what happens to live mounts when the process exits or is signalled.
+
+* **Claiming a name** (:func:`claim_name`): ``<Name>/juicefs_uuid`` is written create-only, so two
+  first mounts of one name never both win. A first mount that fails after claiming the name is
+  resumed by the next first mount of the same volume in the same process (and, through its
+  ``meta_dir``, by any later mount that passes that ``meta_dir``) instead of refusing the name.
+* **Resuming** (:func:`resumable`): a writable mount records its working copy in the meta dir's
+  marker (state ``in-use``). Only an explicit ``unmount()`` abandons it (state ``abandoned``) and
+  ``finalize`` closes it (state ``published``); after a crash, a SIGKILL, a signal or an exit
+  without finalizing, the next writable mount of the same volume with the same ``meta_dir``
+  continues from it, with everything fsync'd before.
+* **Exit and signals** (:func:`track_mount`): a process that exits with a writable mount whose
+  changes are unpublished says so on stderr; SIGTERM and SIGINT end the process through the
+  normal exit path (mounts are unmounted cleanly, nothing is published unless the program's own
+  ``finally`` / ``with`` blocks ask for it). Temporary meta dirs never outlive their process.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import logging
+import shutil
+import signal
+import sys
+import threading
+import weakref
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from .errors import ObjectExists, ObjectNotFound, VolumeBucketNotEmpty, VolumeStoreMismatch
+from .juicefs import Format
+from .stores import ObjectStore
+
+if TYPE_CHECKING:
+    from .lifecycle import MetaDir, Mount
+    from .model import Volume
+
+log = logging.getLogger("volume.workcopy")
+
+UUID_KEY = "juicefs_uuid"
+IN_USE, ABANDONED, PUBLISHED = "in-use", "abandoned", "published"
+
+_lock = threading.RLock()
+# (bucket URI, volume name) -> UUID a first mount of this process claimed before failing
+_failed_first_mounts: dict[tuple[str, str], str] = {}
+_live: dict[int, "Mount"] = {}  # id(mount) -> mount, for the exit and signal paths
+_temp_dirs: set[Path] = set()  # temporary meta dirs of this process still on disk
+_signalled: Optional[int] = None  # the signal that is ending the process, once one arrived
+_handlers_installed = False
+
+
+# =========================================================================== names
+
+
+def _refuse_if_not_empty(objects: ObjectStore, prefix: str) -> None:
+    for info in objects.list(prefix):
+        rel = info.key[len(prefix) :]
+        if info.size > 0 and rel != "testing" and not rel.startswith("testing/"):
+            raise VolumeBucketNotEmpty(
+                f"the bucket prefix {objects.uri.rstrip('/')}/{prefix} already holds data "
+                f"(for example {info.key!r}); a new volume is never formatted over existing "
+                f"objects: choose another volume name or bucket, or remove that prefix"
+            )
+
+
+def claim_name(objects: ObjectStore, fmt: Format) -> Format:
+    """Claim ``fmt.Name`` for a new volume: ``juicefs_uuid`` put-if-absent. Returns the Format
+    to use (this process's earlier failed claim is resumed with its UUID).
+
+    Raises :class:`VolumeBucketNotEmpty` when the prefix holds data or another first mount won.
+    """
+    prefix = f"{fmt.Name}/"
+    key = prefix + UUID_KEY
+    with _lock:
+        earlier = _failed_first_mounts.get((objects.uri, fmt.Name))
+    if earlier is not None:
+        try:
+            if objects.get(key).decode() == earlier:
+                log.info("volume %s: resuming a first mount that failed half way", fmt.Name)
+                return dataclasses.replace(fmt, UUID=earlier)
+        except ObjectNotFound:
+            pass
+    _refuse_if_not_empty(objects, prefix)
+    try:
+        objects.put(key, fmt.UUID.encode(), if_absent=True)
+    except ObjectExists:
+        raise VolumeBucketNotEmpty(
+            f"another first mount of {fmt.Name!r} in {objects.uri} claimed the name at the same "
+            f"time; choose another volume name, or mount the other one's version"
+        ) from None
+    return fmt
+
+
+def first_mount_failed(objects: ObjectStore, fmt: Format) -> None:
+    """Remember that this process claimed ``fmt.Name`` and could not finish mounting it."""
+    with _lock:
+        _failed_first_mounts[(objects.uri, fmt.Name)] = fmt.UUID
+
+
+def first_mount_done(objects: ObjectStore, fmt: Format) -> None:
+    with _lock:
+        _failed_first_mounts.pop((objects.uri, fmt.Name), None)
+
+
+# =========================================================================== resuming
+
+
+def working_copy_marker(volume: "Volume", objects: ObjectStore, store: str, domain: int,
+                        fs_uuid: str) -> dict[str, Any]:  # fmt: skip
+    """The marker fields of a live working copy of ``volume``."""
+    return {
+        "state": IN_USE,
+        "store": store,
+        "domain": domain,
+        "volume": volume.name,
+        "bucket": objects.uri,
+        "base": volume.index.path if volume.index is not None else None,
+        "uuid": fs_uuid,
+    }
+
+
+def resumable(md: "MetaDir", volume: "Volume", objects: ObjectStore, store: str) -> bool:
+    """Whether ``md`` holds an unpublished working copy of ``volume`` to continue from.
+
+    A working copy of the same volume based on another version than the handle's is refused
+    (:class:`VolumeStoreMismatch`): it would be lost silently otherwise.
+    """
+    marker = md.marker()
+    if (
+        marker is None
+        or marker.get("state") != IN_USE
+        or marker.get("volume") != volume.name
+        or marker.get("bucket") != objects.uri
+        or marker.get("store") != store
+    ):
+        return False
+    base = volume.index.path if volume.index is not None else None
+    if volume.index is not None and marker.get("base") != base:
+        raise VolumeStoreMismatch(
+            f"meta_dir {md.path} holds unpublished changes of volume {volume.name!r} made on "
+            f"version {marker.get('base')!r}, not on {base!r}; mount that version (or a fresh "
+            f"Volume handle of the name) with this meta_dir to resume them, or pass another "
+            f"meta_dir"
+        )
+    return True
+
+
+def check_uuid(objects: ObjectStore, fmt: Format) -> bool:
+    """Whether the bucket's ``juicefs_uuid`` is ``fmt``'s (a resumed copy belongs here)."""
+    try:
+        return objects.get(f"{fmt.Name}/{UUID_KEY}").decode() == fmt.UUID
+    except ObjectNotFound:
+        return False
+
+
+# =========================================================================== temporary dirs
+
+
+def track_temp(path: Path) -> None:
+    with _lock:
+        _temp_dirs.add(path)
+    _install_exit_hook()
+
+
+def remove_temp(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    with _lock:
+        _temp_dirs.discard(path)
+
+
+def remove_with(owner: object, path: Path) -> None:
+    """Remove the temporary dir ``path`` once ``owner`` (a handle) is garbage (or at exit)."""
+    track_temp(path)
+    weakref.finalize(owner, _remove_if_unused, path)
+
+
+def _remove_if_unused(path: Path) -> None:
+    with _lock:
+        if any(m.meta_dir.path == path for m in _live.values()):
+            return  # a mount took it over: it goes when that mount is released
+    remove_temp(path)
+
+
+# =========================================================================== exit and signals
+
+
+def track_mount(m: "Mount") -> None:
+    with _lock:
+        _live[id(m)] = m
+    _install_exit_hook()
+    _install_signal_handlers()
+
+
+def untrack_mount(m: "Mount") -> None:
+    with _lock:
+        _live.pop(id(m), None)
+
+
+def signalled() -> Optional[int]:
+    """The signal ending this process, if one is (unmounts then keep the working copy)."""
+    return _signalled
+
+
+_exit_hook_installed = False
+
+
+def _install_exit_hook() -> None:
+    global _exit_hook_installed
+    with _lock:
+        if not _exit_hook_installed:
+            atexit.register(_at_exit)
+            _exit_hook_installed = True
+
+
+def _install_signal_handlers() -> None:
+    """SIGTERM (default: die at once) and SIGINT end the process through the normal exit path,
+    so its mounts are unmounted and its working copies kept; handlers the program installed
+    itself are left alone."""
+    global _handlers_installed
+    if _handlers_installed or threading.current_thread() is not threading.main_thread():
+        return
+    _handlers_installed = True
+    for sig, default in ((signal.SIGTERM, signal.SIG_DFL), (signal.SIGINT, signal.default_int_handler)):
+        if signal.getsignal(sig) is default:
+            signal.signal(sig, _on_signal)
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    global _signalled
+    _signalled = signum
+    name = signal.Signals(signum).name
+    sys.stderr.write(f"volume: {name} received: unmounting (nothing is published)\n")
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise SystemExit(128 + signum)
+
+
+def _at_exit() -> None:
+    """Unmount what is still mounted (saying loudly what is left unpublished), then remove the
+    temporary meta dirs of this process."""
+    with _lock:
+        mounts = list(_live.values())
+    for m in mounts:
+        try:
+            close_at_exit(m)
+        except Exception:  # noqa: BLE001 - the others must still be released
+            log.exception("volume %s: could not be unmounted at exit", m.volume_name)
+    with _lock:
+        leftovers = list(_temp_dirs)
+    for path in leftovers:
+        remove_temp(path)
+
+
+def close_at_exit(m: "Mount") -> None:
+    """Release ``m`` keeping its working copy (stored blocks, durable metadata) for a resume."""
+    untrack_mount(m)
+    if m.writable and getattr(m.engine, "modified", True):
+        where = (
+            f"the temporary meta_dir is removed, so they are LOST; call finalize() or commit() "
+            f"before exiting, or mount with a meta_dir to keep them"
+            if m.meta_dir.owned
+            else f"they are kept in meta_dir {m.meta_dir.path}: mount the volume again with that "
+            f"meta_dir to resume them"
+        )
+        message = (
+            f"volume: WARNING: the process exits with RWVolume {m.volume_name!r} mounted and "
+            f"changes not committed; {where}"
+        )
+        sys.stderr.write(message + "\n")
+        log.warning("%s", message)
+    m.close(drain=m.writable)
