@@ -8,7 +8,12 @@ from . import errors, plugins
 from .errors import *  # noqa: F401,F403  (the error types are part of the public API)
 from .model import ActionRef, File, ROVolume, RWVolume, Volume
 
-__version__ = "0.1.0"
+try:
+    from importlib.metadata import PackageNotFoundError, version as _dist_version
+
+    __version__ = _dist_version("volume")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.1.0"
 
 __all__ = [
     "ActionRef",

@@ -1,4 +1,11 @@
-"""An fsspec file system over a mounted volume, registered as the ``volume`` protocol.
+"""An fsspec file system over a volume, registered as the ``volume`` protocol.
+
+Two ways to get one: over a mounted volume (``vol.fs``), or straight from a committed version by
+its locator, with no kernel mount and no meta dir (the index is read from a temporary copy)::
+
+    fs = fsspec.filesystem("volume", locator="s3://bucket/vol/_volume/versions/.../volume.json")
+    pandas.read_csv("volume:///data/table.csv", storage_options={"locator": locator})
+
 
 :class:`VolumeFileSystem` drives a :class:`~volume.engine.PathFS` directly, so reads and writes go
 through the engine's descriptors without a kernel mount and without holding whole files in memory::
@@ -28,17 +35,39 @@ import errno
 import io
 import os
 import posixpath
+import shutil
 import stat
-from typing import Any, Iterator
+import tempfile
+import weakref
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
 
 from fsspec import AbstractFileSystem
 from fsspec.utils import stringify_path
 
 from .engine import PathFS, StatResult
 from .engine.posix import fs_error
-from .errors import VolumeError, VolumeReadOnly
+from .errors import (
+    ObjectNotFound,
+    VolumeError,
+    VolumeIndexCorrupt,
+    VolumeNoIndex,
+    VolumeReadOnly,
+    VolumeUsageError,
+    VolumeValidationError,
+)
 
-__all__ = ["VolumeFileSystem", "VolumeRawFile"]
+if TYPE_CHECKING:
+    from .model import ROVolume
+    from .stores import MetaStore, ObjectStore
+
+__all__ = [
+    "VolumeFileSystem",
+    "VolumeRawFile",
+    "load_version",
+    "open_index",
+    "open_version",
+]
 
 # what the first letter of an fsspec/``open`` mode asks of the file, before "+" adds the other way
 _MODE_FLAGS = {
@@ -163,13 +192,22 @@ class VolumeFileSystem(AbstractFileSystem):
 
     def __init__(
         self,
-        pathfs: PathFS,
+        pathfs: PathFS | None = None,
         *,
+        locator: str | None = None,
         read_only: bool | None = None,
         auto_mkdir: bool = False,
         **storage_options: Any,
     ):
         super().__init__(**storage_options)
+        if (pathfs is None) == (locator is None):
+            raise VolumeUsageError(
+                "give VolumeFileSystem either a mounted volume's pathfs or locator=<version URI>"
+            )
+        if pathfs is None:
+            pathfs = open_version(load_version(str(locator)))
+            read_only = True
+        self.locator = locator
         self.pathfs = pathfs
         self.read_only = pathfs.engine.read_only if read_only is None else read_only
         self.auto_mkdir = auto_mkdir
@@ -510,3 +548,147 @@ class VolumeFileSystem(AbstractFileSystem):
         if writing:
             return io.BufferedWriter(raw, buffer_bytes)
         return io.BufferedReader(raw, buffer_bytes)
+
+
+# --------------------------------------------------------------------------- versions by locator
+
+_VERSIONS_MARK = "/_volume/versions/"
+
+
+def _split_locator(uri: str) -> tuple[str, str]:
+    """``(bucket root URI, key)`` of a version document URI in the bucket layout."""
+    head, sep, tail = uri.rpartition(_VERSIONS_MARK)
+    root, slash, family = head.rpartition("/")
+    if not sep or not slash or not family or "/" not in tail:
+        raise VolumeValidationError(
+            f"{uri!r} is not a version locator: expected <bucket>/<family>/_volume/versions/"
+            f"<version>/volume.json, or a path to a version document"
+        )
+    return root, f"{family}{_VERSIONS_MARK}{tail}"
+
+
+def _document_bytes(ref: str) -> bytes:
+    from .lifecycle import object_store
+    from .model import Volume
+
+    local = ref[len("file://") :] if ref.startswith("file://") else ref
+    if "://" not in local:
+        try:
+            return Path(local).read_bytes()
+        except FileNotFoundError:
+            raise VolumeUsageError(f"no version document at {ref!r}: the file does not exist")
+        except OSError as exc:
+            raise VolumeUsageError(f"cannot read the version document {ref!r}: {exc.strerror}")
+    root, key = _split_locator(ref)
+    objects = object_store(Volume.parse({"name": "locator", "bucket": root}))
+    try:
+        return objects.get(key)
+    except ObjectNotFound:
+        raise VolumeUsageError(f"no version document at {ref!r}: the object does not exist")
+    finally:
+        objects.close()
+
+
+def load_version(ref: str | os.PathLike[str]) -> "ROVolume":
+    """The committed version named by its locator URI or by a path to its version document.
+
+    Raises :class:`~volume.errors.VolumeUsageError` when nothing is there or it is not a
+    version document, :class:`~volume.errors.VolumeNoIndex` when it was never committed.
+    """
+    from .model import ROVolume
+
+    ref = os.fspath(ref)
+    data = _document_bytes(ref)
+    try:
+        version = ROVolume.parse(data)
+    except VolumeValidationError:
+        raise VolumeUsageError(
+            f"{ref!r} is not a version document (flyte.volume/v1 JSON); pass a version's "
+            f"locator (its produced_by.locator) or the path of its volume.json"
+        ) from None
+    if version.index is None:
+        raise VolumeNoIndex(f"{ref!r} names volume {version.name!r}, which was never committed")
+    return version
+
+
+@contextlib.contextmanager
+def open_index(version: "ROVolume") -> Iterator[tuple["MetaStore", "ObjectStore"]]:
+    """The version's committed index, opened read-only from a temporary copy, and its store.
+
+    Nothing is written anywhere but a temporary directory, removed on exit.
+    """
+    store_cls, objects, tmp = _stage(version)
+    try:
+        meta = store_cls.open(tmp / "meta", read_only=True)
+    except BaseException:
+        objects.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        yield meta, objects
+    finally:
+        meta.close()
+        objects.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _stage(version: "ROVolume") -> tuple[Any, "ObjectStore", Path]:
+    from . import plugins
+    from .lifecycle import _key_of, _sha256, object_store
+
+    index = version.index
+    if index is None:
+        raise VolumeNoIndex(f"volume {version.name!r} was never committed: it has no index")
+    store_cls = plugins.meta_store_class(index.format or version.metadata_store_type or "sqlite")
+    objects = object_store(version)
+    tmp = Path(tempfile.mkdtemp(prefix="volume-read-"))
+    try:
+        download = tmp / "download"
+        try:
+            objects.get_file(_key_of(objects, index.path), download)
+        except ObjectNotFound:
+            raise VolumeIndexCorrupt(
+                f"the index {index.path} of volume {version.name!r} does not exist"
+            ) from None
+        if index.hash and _sha256(download) != index.hash:
+            raise VolumeIndexCorrupt(f"the index {index.path} does not match its hash {index.hash}")
+        store_cls.restore(download, tmp / "meta")
+        download.unlink()
+    except BaseException:
+        objects.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return store_cls, objects, tmp
+
+
+def _release(engine: Any, meta: Any, objects: Any, tmp: Path) -> None:
+    try:
+        engine.close(drain=False)
+    finally:
+        meta.close()
+        objects.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def open_version(version: "ROVolume") -> PathFS:
+    """A read-only :class:`PathFS` over a committed version, without a mount or meta dir.
+
+    The engine, its stores and the temporary index copy are released when the returned object
+    (and every file opened through it) is garbage collected, or by ``pathfs.release()``.
+    """
+    from .engine import Engine
+
+    store_cls, objects, tmp = _stage(version)
+    meta = engine = None
+    try:
+        meta = store_cls.open(tmp / "meta", read_only=True)
+        engine = Engine(meta, objects, read_only=True)
+    except BaseException:
+        if meta is not None:
+            meta.close()
+        objects.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    pathfs = PathFS(engine)
+    pathfs.release = weakref.finalize(pathfs, _release, engine, meta, objects, tmp)  # type: ignore[attr-defined]
+    return pathfs
