@@ -68,7 +68,9 @@ CACHE_LIMIT = 100_000  # entries per translator cache; a cache is dropped whole 
 CAPABILITY = "security.capability"  # the kernel asks for it before every write
 HIDDEN_NAME = re.compile(r"\.fuse_hidden[0-9a-f]{16}")  # libfuse's names for unlinked open files
 PROBE_EXISTING_SECONDS = 5.0  # how long a mount already at the path may take to answer
-EXIT_JOIN_SECONDS = 2.0  # how long interpreter exit waits for an unmounted loop to end
+EXIT_JOIN_SECONDS = 2.0  # how long interpreter exit waits for a busy mount's users to leave
+MNT_FORCE = 1  # umount2 flag: for FUSE, abort the connection (the mount then answers ENOTCONN)
+_created_mount_points: set[Path] = set()  # mount points prepare_mount_point made (removed after)
 
 
 def fuse_usable() -> tuple[bool, str]:
@@ -753,7 +755,36 @@ def prepare_mount_point(path: str | os.PathLike) -> Path:
             )
     else:
         path.mkdir(parents=True)
+        _created_mount_points.add(path)
     return path
+
+
+def _umount(path: Path, flags: int = 0) -> bool:
+    """Unmount ``path`` (never lazily unless ``flags`` say so); whether it is unmounted."""
+    if os.geteuid() == 0:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.umount2(os.fsencode(path), flags) == 0:
+            return True
+        err = ctypes.get_errno()
+        log.debug("umount2(%s, %d): %s", path, flags, os.strerror(err))
+        return err == errno.EINVAL and _mount_at(path) is None
+    return _fusermount(path)
+
+
+def _release_mount_point(path: Path) -> None:
+    """Remove a mount point this module created, right after its unmount: a process that goes
+    on writing by path then gets ENOENT instead of filling the bare directory."""
+    if path not in _created_mount_points:
+        return
+    _created_mount_points.discard(path)
+    try:
+        path.rmdir()
+    except OSError as exc:
+        if exc.errno == errno.ENOTEMPTY:
+            log.error("%s: something was written into the bare mount point after the unmount: "
+                      "%s", path, sorted(os.listdir(path))[:5])  # fmt: skip
+        elif exc.errno != errno.ENOENT:
+            log.debug("%s: mount point kept: %s", path, exc)
 
 
 # =========================================================================== the mount
@@ -901,25 +932,59 @@ class FuseMount:
         return self._thread.is_alive() and _mount_at(self.mount_path) is not None
 
     def _stop_at_exit(self) -> None:
-        # briefly: files this process still holds open keep a lazy unmount's loop running
+        # briefly: files this process still holds open keep the mount busy
         self.stop(timeout=EXIT_JOIN_SECONDS)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Unmount (lazily when busy) and wait for the loop to end; idempotent."""
+        """Unmount and wait for the loop to end; idempotent.
+
+        Never lazily: a lazy unmount lets the next path lookup of a process still working in
+        the mount land in the bare mount-point directory. A busy mount stays mounted (read-only
+        when its engine is frozen) until its users leave or ``timeout`` passes; then its
+        connection is aborted: its users get ENOTCONN, and it is unmounted once they are gone.
+        A mount point that was created for the mount is removed right after it.
+        """
         with self._stop_lock:
             if self._stopped:
                 return
             self._stopped = True
         atexit.unregister(self._stop_at_exit)
-        if _mount_at(self.mount_path) is not None and not _fusermount(self.mount_path):
-            log.warning("%s is busy: unmounting lazily", self.mount_path)
-            _fusermount(self.mount_path, "-z")
-        self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        pause = 0.01
+        while _mount_at(self.mount_path) is not None:
+            if _umount(self.mount_path):
+                break
+            if time.monotonic() >= deadline:
+                self._abort()
+                break
+            time.sleep(pause)
+            pause = min(pause * 2, 0.25)
+        else:
+            _release_mount_point(self.mount_path)
+        if _mount_at(self.mount_path) is None:
+            _release_mount_point(self.mount_path)
+        self._thread.join(max(deadline - time.monotonic(), EXIT_JOIN_SECONDS))
         if self._thread.is_alive():
-            log.warning(
-                "the FUSE loop of %s still runs %.0f s after unmounting (open files keep a lazy "
-                "unmount alive)", self.mount_path, timeout,
-            )  # fmt: skip
+            log.warning("the FUSE loop of %s still runs after the unmount", self.mount_path)
+
+    def _abort(self) -> None:
+        """The mount stayed busy past its timeout: abort its connection (never a lazy unmount)
+        and unmount it in the background once its users have left."""
+        path = self.mount_path
+        if os.geteuid() != 0:
+            log.error("%s is still busy and only root can abort a FUSE connection: unmounting "
+                      "lazily (processes still inside may write into the bare directory)", path)
+            _fusermount(path, "-z")  # fmt: skip
+            return
+        log.warning("%s is still busy: its connection is aborted (its users get ENOTCONN)", path)
+        _umount(path, MNT_FORCE)
+
+        def reap() -> None:
+            while _mount_at(path) is not None and not _umount(path):
+                time.sleep(1.0)
+            _release_mount_point(path)
+
+        threading.Thread(target=reap, name=f"fuse-reap:{path}", daemon=True).start()
 
     def __repr__(self) -> str:
         return f"FuseMount({str(self.mount_path)!r}, mounted={self.mounted})"
