@@ -315,6 +315,9 @@ class MetaDir:
     def clear(self, store_cls: type[MetaStore]) -> None:
         """Forget the store kept here (the marker first, so a crash leaves nothing trusted)."""
         (self.path / MARKER_FILE).unlink(missing_ok=True)
+        clear_dir = getattr(store_cls, "clear_meta_dir", None)
+        if clear_dir is not None:  # a store with a server: stop a stale one, remove its files
+            clear_dir(self.path)
         for suffix in ("", "-wal", "-shm", "-journal"):
             (self.path / f"{store_cls.index_filename}{suffix}").unlink(missing_ok=True)
         others = [p.name for p in self.path.iterdir() if p.name not in (LOCK_FILE,)]
