@@ -243,6 +243,8 @@ def _location_storage(uri: str) -> Optional[str]:
     from .errors import PluginNotFound, VolumeValidationError
     from .model import _scheme_storage
 
+    if "::" in uri:  # an fsspec chained URL (simplecache::s3://...)
+        return None
     try:
         storage = _scheme_storage(uri) or "file"
         plugins.object_store_class(storage)
@@ -256,13 +258,18 @@ def _location(uri: str, region: Optional[str]) -> Any:
     """``(store, key)`` of an installed object store opened on the directory of ``uri``, or
     ``(None, None)`` when no installed store reads it (the caller then tries fsspec)."""
     storage = _location_storage(uri)
-    parent, _, name = uri.rpartition("/")
-    if storage is None or not name or not parent or parent.endswith(":/"):
+    if storage == "file":  # the file's directory
+        root, _, key = uri.rpartition("/")
+    elif storage is not None:  # the bucket (container, store name) the URI begins with
+        scheme, _, rest = uri.partition("://")
+        bucket, _, key = rest.partition("/")
+        root = f"{scheme}://{bucket}"
+    if storage is None or not key or not root or root.endswith(":/"):
         yield None, None
         return
-    store = plugins.object_store_class(storage).from_uri(parent, region=region)
+    store = plugins.object_store_class(storage).from_uri(root, region=region)
     try:
-        yield store, name
+        yield store, key
     finally:
         store.close()
 

@@ -18,6 +18,7 @@ behaviour lives in the lifecycle and mount layers.
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 import re
@@ -40,7 +41,13 @@ from pydantic_core import ErrorDetails
 from typing_extensions import Self
 
 from . import plugins
-from .errors import VolumeNotMounted, VolumeReadOnly, VolumeUsageError, VolumeValidationError
+from .errors import (
+    VolumeError,
+    VolumeNotMounted,
+    VolumeReadOnly,
+    VolumeUsageError,
+    VolumeValidationError,
+)
 from .juicefs import VOLUME_NAME_RULE, is_valid_volume_name
 
 if TYPE_CHECKING:
@@ -682,12 +689,21 @@ def _write_through(engine: Any) -> None:
     stored (``writeback=False``); an upload failure is reported by that close."""
     flush, release = engine.flush, engine.release
 
-    def flush_stored(fh: int) -> None:
-        flush(fh)
-        engine.blocks.drain()
+    def stored() -> None:
+        try:
+            engine.blocks.drain()
+        except VolumeError as exc:
+            raise OSError(
+                errno.EIO, f"writeback=False: the written blocks could not be stored ({exc})"
+            ) from exc
 
-    def release_stored(fh: int) -> None:
-        release(fh)
-        engine.blocks.drain()
+    def flush_stored(*args: Any, **kwargs: Any) -> None:
+        flush(*args, **kwargs)
+        if (args[0] if args else kwargs.get("fh")) is not None:  # a file's close, not a drain's
+            stored()
+
+    def release_stored(*args: Any, **kwargs: Any) -> None:
+        release(*args, **kwargs)
+        stored()
 
     engine.flush, engine.release = flush_stored, release_stored

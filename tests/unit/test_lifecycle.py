@@ -546,3 +546,279 @@ def test_disk_cache_stays_within_its_bound(tmp_path: Path) -> None:
     assert cache.get("v/chunks/0/0/0_0_3000") is None  # the oldest went first
     reopened = DiskCache(tmp_path / "c", capacity=10_000)
     assert reopened.size == cache.size
+
+
+# =========================================================================== lineage table (spec/volume.md)
+
+
+def test_lineage_new_and_empty_have_no_producer(bucket: str) -> None:
+    for vol in (Volume.new("lin-new", bucket=bucket), Volume.empty("lin-empty", bucket=bucket)):
+        assert vol.produced_by is None and vol.parent_produced_by is None
+
+
+def test_lineage_commit_and_finalize_name_the_handles_previous_version(bucket: str) -> None:
+    rw = Volume.new("lin-commit", bucket=bucket).mount(transport="none")
+    write(rw, "a", b"1")
+    with action("first", run_name="r1"):
+        c1 = rw.commit("c1")
+    assert (c1.produced_by.name, c1.produced_by.run_name) == ("first", "r1")
+    assert c1.produced_by.locator and c1.parent_produced_by is None
+    assert rw.produced_by == c1.produced_by  # the handle now stands for its last version
+    with action("second"):
+        c2 = rw.finalize("c2")
+    assert c2.produced_by.name == "second" and c2.parent_produced_by == c1.produced_by
+    assert Volume.from_locator(c2.produced_by.locator) == c2
+
+
+def test_lineage_chains_across_remounts_and_json(bucket: str) -> None:
+    rw = Volume.new("lin-remount", bucket=bucket)
+    c1 = rw.mount(transport="none").finalize("c1")
+    c2 = rw.mount(transport="none").finalize("c2")
+    assert c2.parent_produced_by == c1.produced_by
+    rebuilt = RWVolume.model_validate_json(rw.model_dump_json())
+    c3 = rebuilt.mount(transport="none").finalize("c3")
+    assert c3.parent_produced_by == c2.produced_by
+    assert [v.message for v in walk(c3)] == ["c2", "c1"]
+
+
+def test_lineage_fork_has_its_own_document_and_its_commits_pass_through_it(bucket: str) -> None:
+    base = committed(bucket)
+    with action("forker", project="p"):
+        child = base.fork("lin-child")
+    by = child.produced_by
+    assert (by.name, by.project) == ("forker", "p") and by.locator.endswith("/volume.json")
+    assert child.parent_produced_by == base.produced_by
+    point = Volume.from_locator(by.locator)  # the fork point: the source's index, the fork's name
+    assert type(point) is ROVolume and point.name == "lin-child" and point.index == base.index
+    assert point.produced_by == by and point.parent_produced_by == base.produced_by
+    with point.mount(transport="none") as ro:
+        assert files(ro) == {"a.txt": b"alpha"}
+    version = child.mount(transport="none").finalize("after fork")
+    assert version.parent_produced_by == by
+    assert [(v.name, v.produced_by.locator) for v in walk(version)] == [
+        ("lin-child", by.locator), ("base", base.produced_by.locator)]  # fmt: skip
+
+
+def test_lineage_live_fork_names_the_fork_point_commit(bucket: str) -> None:
+    rw = Volume.new("lin-live", bucket=bucket).mount(transport="none")
+    write(rw, "x", b"1")
+    child = rw.fork("lin-live-kid")
+    point_commit = Volume.from_locator(child.parent_produced_by.locator)
+    assert point_commit.name == "lin-live" and point_commit.produced_by == rw.produced_by
+    later = rw.finalize("later")
+    assert later.parent_produced_by == point_commit.produced_by
+
+
+def test_lineage_migrate_names_its_source(mem_bucket: str, twin_store_type: str) -> None:
+    base = committed(mem_bucket)
+    with action("mover"):
+        migrated = base.migrate_metadata_store_type(twin_store_type)
+    assert migrated.produced_by.name == "mover" and migrated.produced_by.locator
+    assert migrated.parent_produced_by == base.produced_by
+    assert [v.produced_by for v in walk(migrated)] == [base.produced_by]
+
+
+def test_from_locator_of_nothing_is_typed(tmp_path: Path) -> None:
+    from volume.errors import VolumeIndexCorrupt
+
+    with pytest.raises(VolumeUsageError, match="empty"):
+        Volume.from_locator("")
+    with pytest.raises(VolumeIndexCorrupt, match="no version document"):
+        Volume.from_locator(str(tmp_path / "missing.json"))
+
+
+# =========================================================================== index locations
+
+
+def located(base: ROVolume, path: str, **index: object) -> ROVolume:
+    return base.model_copy(update={"index": base.index.model_copy(update={"path": path, **index})})
+
+
+def test_index_as_a_plain_path_in_a_file_bucket(bucket: str) -> None:
+    base = committed(bucket)
+    plain = located(base, base.index.path[len("file://") :])
+    with plain.mount(transport="none") as ro:
+        assert files(ro) == {"a.txt": b"alpha"}
+    child = plain.fork("plain-child").mount(transport="none")
+    assert files(child) == {"a.txt": b"alpha"}
+    child.unmount()
+
+
+@pytest.mark.parametrize("form", ["plain", "file-uri", "fsspec-chain"])
+def test_index_outside_the_bucket(mem_bucket: str, tmp_path: Path, form: str) -> None:
+    base = committed(mem_bucket)
+    elsewhere = tmp_path / "elsewhere" / "copy.db"
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(memory_store(mem_bucket).get(base.index.path[len(mem_bucket) + 1 :]))
+    path = {"plain": str(elsewhere), "file-uri": f"file://{elsewhere}",
+            "fsspec-chain": f"simplecache::file://{elsewhere}"}[form]  # fmt: skip
+    outside = located(base, path)
+    with outside.mount(transport="none") as ro:
+        assert files(ro) == {"a.txt": b"alpha"}
+
+
+def test_index_outside_the_bucket_cannot_smuggle_other_content(bucket: str, tmp_path: Path) -> None:
+    from volume.errors import VolumeIndexCorrupt
+
+    base = committed(bucket)
+    other = committed(bucket, "other", {"evil.txt": b"not the base"})
+    smuggled = located(base, other.index.path[len("file://") :])  # base's hash, other's bytes
+    unhashed = located(base, str(tmp_path / "copy.db"), hash=None)
+    Path(unhashed.index.path).write_bytes(Path(base.index.path[len("file://") :]).read_bytes())
+    meta = tmp_path / "meta"
+    for vol, says in ((smuggled, "does not match its recorded hash"), (unhashed, "no hash")):
+        with pytest.raises(VolumeIndexCorrupt, match=says):
+            vol.mount(meta_dir=meta, transport="none")
+        with pytest.raises(VolumeIndexCorrupt, match=says):
+            vol.fork("smuggled-fork", meta_dir=meta)
+        assert not vol.mounted
+        assert sorted(p.name for p in meta.iterdir()) == [".volume.lock"]  # nothing mounted
+
+
+def test_a_reused_local_index_must_match_the_hash_too(bucket: str, tmp_path: Path) -> None:
+    from volume.errors import VolumeIndexCorrupt
+
+    base = committed(bucket)
+    meta = tmp_path / "meta"
+    with base.mount(meta_dir=meta, transport="none"):
+        pass
+    forged = located(base, base.index.path, hash="sha256:" + "0" * 64)
+    with pytest.raises(VolumeIndexCorrupt, match="does not match"):
+        forged.mount(meta_dir=meta, transport="none")
+
+
+# =========================================================================== smaller seed rules
+
+
+def test_file_buckets_are_declared_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert Volume.empty("rel-a", bucket="vols").bucket == str(tmp_path / "vols")
+    assert Volume.new("rel-b", bucket="file://vols").bucket == f"file://{tmp_path / 'vols'}"
+    assert Volume.new("rel-c", bucket="s3://b/vols").bucket == "s3://b/vols"
+    rw = Volume.new("rel-d", bucket="vols")
+    version = rw.mount(transport="none").finalize()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with ROVolume.model_validate_json(version.model_dump_json()).mount(transport="none") as ro:
+        assert files(ro) == {}
+    assert not (elsewhere / "vols").exists()
+
+
+def test_an_empty_name_is_refused_the_same_way_everywhere(bucket: str) -> None:
+    from volume.errors import VolumeValidationError
+
+    base = committed(bucket)
+    calls = [lambda: Volume.new("", bucket=bucket), lambda: Volume.empty("", bucket=bucket),
+             lambda: base.fork(""), lambda: Volume.fork(base, "")]  # fmt: skip
+    messages = set()
+    for call in calls:
+        with pytest.raises(VolumeValidationError, match="JuiceFS rule") as info:
+            call()
+        messages.add(str(info.value).split("volume name")[-1])
+    assert len(messages) == 1
+    assert Volume.new(bucket=bucket).name.startswith("vol-")  # only None auto-names
+
+
+def test_committing_a_read_only_mount_is_a_typed_error(bucket: str) -> None:
+    from volume import lifecycle
+    from volume.errors import VolumeReadOnly
+
+    base = committed(bucket)
+    versions = Path(bucket) / "base" / "_volume" / "versions"
+    before = sorted(versions.iterdir())
+    with base.mount(transport="none") as ro:
+        with pytest.warns(DeprecationWarning), pytest.raises(VolumeReadOnly, match="fork"):
+            ro.commit(message="nope")
+        with pytest.raises(VolumeReadOnly, match="read-only"):
+            lifecycle.commit(ro, "nope")  # type: ignore[arg-type]
+        assert ro.mounted
+    assert sorted(versions.iterdir()) == before
+
+
+@pytest.mark.parametrize("writeback", [True, False])
+def test_writeback_false_makes_each_close_wait_for_its_blocks(mem_bucket: str, writeback: bool) -> None:
+    rw = Volume.new("wbk", bucket=mem_bucket).mount(writeback=writeback, transport="none")
+    store = memory_store(mem_bucket)
+    write(rw, "stored", b"s" * 5000)
+    if not writeback:  # the close returned only once the block was in the store
+        assert any("/chunks/" in o.key for o in store.list("wbk/"))
+    store.fail_next("put", OSError(5, "injected outage"), count=1000)
+    if writeback:
+        write(rw, "buffered", b"b" * 5000)  # acknowledged before upload
+    else:
+        with pytest.raises(OSError) as info:
+            write(rw, "buffered", b"b" * 5000)
+        assert info.value.errno == 5 and "writeback=False" in str(info.value)
+    store.clear_faults()
+    version = rw.finalize()
+    with version.mount(transport="none") as ro:
+        assert files(ro) == {"buffered": b"b" * 5000, "stored": b"s" * 5000}
+
+
+def test_writeback_must_be_a_bool(bucket: str) -> None:
+    with pytest.raises(VolumeUsageError, match="writeback"):
+        Volume.new("wbx", bucket=bucket).mount(writeback="no", transport="none")  # type: ignore[arg-type]
+    assert not Path(bucket).exists()
+
+
+# =========================================================================== the legacy Volume handle
+
+
+def test_volume_mounts_writable_until_committed_then_read_only(bucket: str, tmp_path: Path) -> None:
+    from volume.errors import VolumeReadOnly
+
+    vol = Volume.empty("legacy", bucket=bucket)
+    with pytest.raises(VolumeNoIndex):
+        vol.mount(read_only=True, transport="none")
+    vol.mount(mount_path=tmp_path / "mnt", transport="none")
+    assert vol.mounted and type(vol) is Volume
+    vol.fs.pipe_file("/f", b"legacy")
+    with pytest.warns(DeprecationWarning):
+        version = vol.commit(mount_path=tmp_path / "mnt", message="v1")
+    assert not vol.mounted and vol.index == version.index
+    with pytest.raises(VolumeReadOnly, match="fork"):
+        vol.mount(read_only=False, transport="none")
+    with vol.mount(transport="none") as ro:  # committed: read-only by default
+        assert ro.fs.cat_file("/f") == b"legacy"
+        with pytest.raises(OSError):
+            ro.fs.pipe_file("/g", b"x")
+    with pytest.raises(VolumeUsageError, match="upload_delay"):
+        vol.mount(upload_delay="5s", transport="none")
+
+
+@pytest.mark.parametrize("by", ["mount_path", "meta_dir"])
+def test_deprecated_commit_finds_the_mount_from_a_rebuilt_handle(bucket: str, tmp_path: Path, by: str) -> None:
+    where = {"mount_path": tmp_path / "mnt", "meta_dir": tmp_path / "meta"}
+    vol = Volume.empty("rebuilt", bucket=bucket).mount(transport="none", **where)
+    vol.fs.pipe_file("/f", b"x")
+    rebuilt = Volume.model_validate_json(vol.model_dump_json())
+    with pytest.warns(DeprecationWarning, match="deprecated"):
+        version = rebuilt.commit(**{by: where[by]}, timeout=30, message="from json")
+    assert version.message == "from json" and not vol.mounted
+    with version.mount(transport="none") as ro:
+        assert ro.fs.cat_file("/f") == b"x"
+
+
+def test_deprecated_commit_of_nothing_names_the_path(bucket: str, tmp_path: Path) -> None:
+    with pytest.warns(DeprecationWarning), pytest.raises(VolumeNotMounted) as info:
+        Volume.empty("nothing", bucket=bucket).commit(mount_path=tmp_path / "nowhere")
+    assert str(tmp_path / "nowhere") in str(info.value)
+    with pytest.warns(DeprecationWarning), pytest.raises(VolumeNotMounted, match="meta_dir"):
+        Volume.empty("nothing", bucket=bucket).commit(meta_dir=tmp_path / "none")
+
+
+def test_volume_fork_by_mount_path_is_a_live_fork(bucket: str, tmp_path: Path) -> None:
+    vol = Volume.empty("forkme", bucket=bucket).mount(mount_path=tmp_path / "mnt", transport="none")
+    vol.fs.pipe_file("/f", b"1")
+    with pytest.raises(VolumeNotForkable):
+        Volume.empty("unmounted", bucket=bucket).fork("x")
+    child = Volume.model_validate_json(vol.model_dump_json()).fork("forkme-kid", tmp_path / "mnt")
+    assert vol.mounted and type(child) is RWVolume
+    vol.fs.pipe_file("/g", b"2")
+    child.mount(transport="none")
+    assert files(child) == {"f": b"1"}
+    child.unmount()
+    vol.unmount() if False else None
+    with pytest.warns(DeprecationWarning):
+        vol.commit()
