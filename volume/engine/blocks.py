@@ -23,6 +23,7 @@ from .diskcache import DiskCache
 log = logging.getLogger("volume.engine.blocks")
 
 UPLOAD_ATTEMPTS = 3
+RETRY_INTERVAL = 1.0  # seconds between retries of failed uploads while writers wait
 LOCAL_UPLOAD_WORKERS = 4
 
 
@@ -83,6 +84,7 @@ class BlockStore:
         max_pending_bytes: int = 300 << 20,
         read_workers: int = 8,
         disk_cache: DiskCache | None = None,
+        wait_timeout: float | None = None,
     ):
         self.objects = objects
         self.name = name
@@ -96,6 +98,11 @@ class BlockStore:
         self._pending_bytes = 0
         self._inflight_uploads = 0
         self._failed: dict[str, BaseException] = {}
+        self._last_retry = 0.0
+        self._wait_timeout = wait_timeout
+        # stored keys not yet made durable (stores with a ``sync`` method: local files)
+        self._store_sync = getattr(objects, "sync", None)
+        self._unsynced: set[str] = set()
         self._cond = threading.Condition()
         if objects.capabilities.local:
             # no network latency to hide: more threads only contend for the GIL with the caller
@@ -144,12 +151,30 @@ class BlockStore:
 
         The caller never modifies ``data`` afterwards.
 
-        Blocks while the bytes awaiting upload exceed the pending bound (back-pressure).
+        Blocks while the bytes held for upload (queued, in flight or failed) would exceed the
+        pending bound (back-pressure); meanwhile failed uploads are retried every
+        ``RETRY_INTERVAL`` seconds, so a store that comes back lets the writer go on. After
+        ``wait_timeout`` seconds without room: ``OSError(EIO)``, nothing handed over.
         """
         key = self.key(slice_id, indx, len(data))
+        timeout = self._wait_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._pending_bytes + len(data) > self._max_pending and self._inflight_uploads:
-                self._cond.wait()
+            while self._pending_bytes and self._pending_bytes + len(data) > self._max_pending:
+                self._retry_failed_locked()
+                remaining = RETRY_INTERVAL
+                if deadline is not None:
+                    remaining = min(remaining, deadline - time.monotonic())
+                    if remaining <= 0:
+                        first = next(iter(self._failed.values()), None)
+                        raise OSError(
+                            errno.EIO,
+                            f"{self._pending_bytes} bytes of blocks are waiting for the object "
+                            f"store ({len(self._failed)} uploads failed"
+                            + (f", last error: {first}" if first else "")
+                            + f"); no room for more after {timeout} s",
+                        )
+                self._cond.wait(remaining)
             self._pending[key] = data
             self._pending_bytes += len(data)
             self._inflight_uploads += 1
@@ -171,9 +196,11 @@ class BlockStore:
         with self._cond:
             self._inflight_uploads -= 1
             if error is None:
-                self._pending.pop(key, None)
-                self._pending_bytes -= len(data)
+                if self._pending.pop(key, None) is not None:
+                    self._pending_bytes -= len(data)
                 self._failed.pop(key, None)
+                if self._store_sync is not None:
+                    self._unsynced.add(key)
                 self.stats.uploads += 1
                 self.stats.upload_bytes += len(data)
             else:
@@ -208,6 +235,38 @@ class BlockStore:
                     f"same slice id; refusing to overwrite it"
                 ) from None
 
+    def _retry_failed_locked(self, *, now: bool = False) -> None:
+        """Queue the failed uploads again (at most every ``RETRY_INTERVAL`` s unless ``now``);
+        ``_cond`` held."""
+        if not self._failed or self._closed:
+            return
+        if not now and time.monotonic() - self._last_retry < RETRY_INTERVAL:
+            return
+        self._last_retry = time.monotonic()
+        for key in list(self._failed):
+            data = self._pending.get(key)
+            del self._failed[key]
+            if data is None:
+                continue
+            self._inflight_uploads += 1
+            self._uploader.submit(self._upload, key, data)
+
+    def sync(self) -> None:
+        """Make every stored block durable (a store's ``sync``: the local store fsyncs the
+        files and their directories; a cloud store's successful put already is)."""
+        if self._store_sync is None:
+            return
+        with self._cond:
+            keys, self._unsynced = self._unsynced, set()
+        if not keys:
+            return
+        try:
+            self._store_sync(sorted(keys))
+        except BaseException:
+            with self._cond:
+                self._unsynced |= keys
+            raise
+
     def drain(self, timeout: float | None = None) -> None:
         """Wait until every block handed over exists in the store.
 
@@ -217,16 +276,7 @@ class BlockStore:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            retry = list(self._failed)
-        for key in retry:
-            with self._cond:
-                data = self._pending.get(key)
-                if data is None or key not in self._failed:
-                    continue
-                del self._failed[key]
-                self._inflight_uploads += 1
-            self._uploader.submit(self._upload, key, data)
-        with self._cond:
+            self._retry_failed_locked(now=True)
             while self._inflight_uploads:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:

@@ -401,7 +401,7 @@ class PathFS:
 
     def fsync(self, fd: int) -> None:
         """``os.fsync``: buffered writes published and their blocks stored."""
-        self.engine.fsync(self._file(fd).fh)
+        self.engine.fsync(self._file(fd).ino)
 
     def fstat(self, fd: int) -> StatResult:
         """``os.fstat``."""

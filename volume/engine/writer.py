@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from ..juicefs import SliceRecord
 from .blocks import BlockStore
+from .posix import Caller
 
 
 PREALLOCATE_FROM = 256 << 10
@@ -85,3 +86,5 @@ class FileWriter:
     slices: dict[int, SliceWriter] = field(default_factory=dict)
     mtime_ns: int = 0
     dirty: bool = False
+    #: the caller whose write must clear set-user-ID/set-group-ID bits when it is published
+    kill_suid_for: Caller | None = None

@@ -15,7 +15,7 @@ import secrets
 import shutil
 import stat
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from volume.errors import (
     InvalidKeyError,
@@ -160,6 +160,33 @@ class LocalObjectStore(ObjectStore):
             self._check_inside(key, os.path.realpath(os.path.dirname(path)))
             with contextlib.suppress(FileNotFoundError, NotADirectoryError, IsADirectoryError):
                 os.unlink(path)
+
+    def sync(self, keys: Iterable[str]) -> None:
+        """Flush the objects ``keys`` (stored earlier by ``put``) and the directory entries naming
+        them to stable storage: what fsync(2) of a file in a mounted volume waits for. Missing
+        keys are skipped (nothing of theirs to keep)."""
+        directories: set[str] = set()
+        for key in keys:
+            path = self._path(key)
+            with self._os_errors("sync", key):
+                try:
+                    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                except FileNotFoundError:
+                    continue
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            directories.add(os.path.dirname(path))
+        # the directories up to the root too: one made for these objects must stay named
+        ancestors = set(directories)
+        for directory in directories:
+            while directory.startswith(self._prefix):
+                directory = os.path.dirname(directory)
+                ancestors.add(directory)
+        for directory in sorted(ancestors, key=len, reverse=True):  # deepest first
+            with self._os_errors("sync", directory[len(self._prefix) :]):
+                _fsync_directory(directory)
 
     def get_file(self, key: str, path: str | Path) -> int:
         """Copy the object into the file ``path`` (in the kernel where possible); the file
