@@ -528,7 +528,7 @@ class EngineOperations:
         self.engine.flush(fh)
 
     def fsync(self, path: str | None, datasync: int, fh: int) -> None:
-        self.engine.fsync(fh)
+        self.engine.fsync(self.engine.inode_of(fh))
 
     def release(self, path: str | None, fh: int) -> None:
         self._handle_inodes.pop(fh, None)
