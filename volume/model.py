@@ -234,7 +234,7 @@ class Volume(_Model):
     bucket: str = Field(
         description="Where the volume's objects live: an object-store URI (s3://bucket/prefix, "
         "gs://..., abfs://...) or a local directory (file:///dir or a plain path). "
-        "Kept exactly as given."
+        "Kept exactly as given; Volume.new and Volume.empty store a local directory absolute."
     )
     # Typed str because a validated volume always has one; null or absent in the input means
     # "infer it from the bucket", which the JSON schema must allow.
@@ -617,15 +617,23 @@ class RWVolume(_MountableVolume):
         return self
 
     # The seed API gives RWVolume.commit its own signature; Volume.commit is the deprecated form.
-    def commit(self, message: Optional[str] = None) -> ROVolume:  # type: ignore[override]
+    def commit(  # type: ignore[override]
+        self,
+        message: Optional[str] = None,
+        mount_path: PathArg = None,
+        meta_dir: PathArg = None,
+    ) -> ROVolume:
         """Snapshot the mounted working copy as a new version; it stays mounted and writable.
 
-        Each commit's parent is the previous version of this handle (its ``produced_by``, which
-        the commit then advances), across remounts.
+        ``mount_path`` / ``meta_dir`` (the seed's form) name the mount to commit, which may
+        belong to any handle of this process; by default it is this handle's own. Each commit's
+        parent is the previous version of the committed handle (its ``produced_by``, which the
+        commit then advances), across remounts.
         """
         from . import lifecycle
 
-        return lifecycle.commit(self, message)
+        owner = _live_mount(self, mount_path, meta_dir, "commit")
+        return lifecycle.commit(owner, message)  # type: ignore[arg-type]
 
     def finalize(self, message: Optional[str] = None, timeout: float = 60) -> ROVolume:
         """Drain uploads, snapshot as a new version and unmount."""
