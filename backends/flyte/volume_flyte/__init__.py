@@ -17,9 +17,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .errors import (
-    VolumeBucketUnknown,
     VolumeFlyteError,
     VolumeMountedInput,
+    VolumeNoDefaultBucket,
     VolumeNothingToFinalize,
     VolumeTypeMismatch,
 )
@@ -29,9 +29,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "register",
-    "VolumeBucketUnknown",
     "VolumeFlyteError",
     "VolumeMountedInput",
+    "VolumeNoDefaultBucket",
     "VolumeNothingToFinalize",
     "VolumeTypeMismatch",
 ]

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from volume.model import ActionRef
 
-from .errors import VolumeBucketUnknown
+from .errors import VolumeNoDefaultBucket
 
 __all__ = ["FlyteContext", "raw_data_root", "task_context", "output_name"]
 
@@ -120,7 +120,7 @@ class FlyteContext:
         if not raw or not raw.path:
             missing.append("raw data path")
         if missing:
-            raise VolumeBucketUnknown(
+            raise VolumeNoDefaultBucket(
                 f"cannot derive the default volume bucket inside Flyte action {act.name!r}: the "
                 f"run has no {' and no '.join(missing)}; pass bucket=... to Volume.new() or "
                 f"Volume.empty(), or (for a local run) call flyte.init(project=..., domain=...)"

@@ -1,4 +1,8 @@
-"""Typed errors of the Flyte integration; each says what to do instead. Nothing was published."""
+"""Typed errors of the Flyte integration; each says what to do instead. Nothing was published.
+
+Flyte reports an error raised in a task under its class name and classifies some names by what
+they contain ("Unknown", "OOM", "Interrupted", ...), so these names avoid those words.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ __all__ = [
     "VolumeTypeMismatch",
     "VolumeNothingToFinalize",
     "VolumeMountedInput",
-    "VolumeBucketUnknown",
+    "VolumeNoDefaultBucket",
 ]
 
 
@@ -29,5 +33,5 @@ class VolumeMountedInput(VolumeFlyteError):
     """A mounted working copy was passed to a task, whose input can only be a published state."""
 
 
-class VolumeBucketUnknown(VolumeFlyteError):
+class VolumeNoDefaultBucket(VolumeFlyteError):
     """Inside a task, the default bucket cannot be derived from the task context."""

@@ -23,8 +23,14 @@ import asyncio
 import json
 from typing import Any, Mapping, Optional, Type
 
-import msgpack
-from flyte.types import TypeEngine, TypeTransformer, TypeTransformerFailedError
+try:
+    import msgpack
+    from flyte.types import TypeEngine, TypeTransformer, TypeTransformerFailedError
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        f"volume_flyte.transformer needs the Flyte 2 SDK ({exc}); install the extra: "
+        f"pip install 'volume[flyte]'"
+    ) from exc
 from flyteidl2.core.literals_pb2 import Binary, Literal, Scalar
 from flyteidl2.core.types_pb2 import LiteralType, SimpleType, TypeAnnotation, TypeStructure
 from google.protobuf import json_format, struct_pb2

@@ -1,0 +1,150 @@
+"""Flyte tasks the tests run in local mode: the three-task example of the README and bad ones."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flyte
+
+from volume import ROVolume, RWVolume, Volume
+
+env = flyte.TaskEnvironment(name="volume-tests")
+
+# task name -> the action that ran it (local runs execute tasks in this process)
+ACTIONS: dict[str, str] = {}
+# working copies a failing task leaves mounted (the tests' fixture unmounts them)
+LEFT_MOUNTED: list[Any] = []
+
+
+def _ran(task: str) -> None:
+    ACTIONS[task] = flyte.ctx().action.name
+
+
+# --------------------------------------------------------------------------- the example
+
+
+@env.task
+async def produce() -> RWVolume:
+    """Create a volume in the task's default bucket, write two shards, return it."""
+    _ran("produce")
+    rw = Volume.new("training-data").mount(transport="none")
+    rw.fs.makedirs("/shards")
+    rw.fs.pipe_file("/shards/0.txt", b"zero\n")
+    rw.commit("shard 0")
+    rw.fs.pipe_file("/shards/1.txt", b"one\n")
+    return rw  # finalized at return: the output is the published ROVolume
+
+
+@env.task
+async def consume(data: ROVolume) -> str:
+    """Mount the version read-only and read every shard."""
+    _ran("consume")
+    with data.mount(transport="none") as ro:
+        shards = sorted(ro.fs.ls("/shards", detail=False))
+        return "".join(ro.fs.cat_file(path).decode() for path in shards)
+
+
+@env.task
+async def extend(data: ROVolume) -> RWVolume:
+    """Fork the version, add a shard, return the fork."""
+    _ran("extend")
+    rw = data.fork("training-data-v2").mount(transport="none")
+    rw.fs.pipe_file("/shards/2.txt", b"two\n")
+    return rw
+
+
+@env.task
+async def pipeline() -> tuple[ROVolume, str, ROVolume]:
+    data = await produce()
+    text = await consume(data)
+    more = await extend(data)
+    return data, text, more
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@env.task
+async def fill(volume: RWVolume) -> RWVolume:
+    """Mount a working copy given as input (a declaration made by the caller) and write."""
+    _ran("fill")
+    volume.mount(transport="none")
+    volume.fs.pipe_file("/filled.txt", b"filled\n")
+    return volume
+
+
+@env.task
+async def declare_then_fill() -> ROVolume:
+    return await fill(Volume.new("filled-by-a-task"))
+
+
+@env.task
+async def read_one(volume: ROVolume) -> str:
+    with volume.mount(transport="none") as ro:
+        return ro.fs.cat_file("/filled.txt").decode()
+
+
+@env.task
+async def take_working_copy(volume: RWVolume) -> str:
+    return volume.name
+
+
+@env.task
+async def pass_mounted_working_copy() -> str:
+    rw = Volume.new("mounted-input").mount(transport="none")
+    LEFT_MOUNTED.append(rw)
+    return await take_working_copy(rw)
+
+
+@env.task
+async def pass_working_copy_as_version() -> str:
+    return await read_one(Volume.new("not-a-version"))  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- failures
+
+
+@env.task
+async def write_then_fail() -> RWVolume:
+    rw = Volume.new("doomed").mount(transport="none")
+    LEFT_MOUNTED.append(rw)
+    rw.fs.pipe_file("/partial.txt", b"never published\n")
+    raise RuntimeError("the task failed after writing")
+
+
+@env.task
+async def return_never_mounted() -> RWVolume:
+    return Volume.new("never-mounted")
+
+
+@env.task
+async def return_finalized() -> RWVolume:
+    rw = Volume.new("finalized-early").mount(transport="none")
+    rw.fs.pipe_file("/x.txt", b"x")
+    rw.finalize()
+    return rw
+
+
+@env.task
+async def return_declaration() -> Volume:
+    return Volume.empty("only-declared")
+
+
+@env.task
+async def return_working_copy_as_version() -> ROVolume:
+    rw = Volume.new("wrong-kind").mount(transport="none")
+    LEFT_MOUNTED.append(rw)
+    rw.fs.pipe_file("/x.txt", b"x")
+    return rw  # type: ignore[return-value]
+
+
+@env.task
+async def return_version_as_working_copy() -> RWVolume:
+    rw = Volume.new("other-kind").mount(transport="none")
+    rw.fs.pipe_file("/x.txt", b"x")
+    return rw.finalize()  # type: ignore[return-value]
+
+
+@env.task
+async def default_bucket() -> str:
+    return Volume.new("where-am-i").bucket
