@@ -695,3 +695,172 @@ class TestVolumeOpen(AbstractOpenTests, VolumeFixtures):
 
 class TestVolumePipe(AbstractPipeTests, VolumeFixtures):
     pass
+
+
+# --------------------------------------------------------------------------- read access by locator
+
+
+def _publish_tree(bucket: Path, files: dict[str, bytes], name: str = "locvol") -> str:
+    """A committed version holding ``files``; its locator."""
+    from volume import Volume
+
+    rw = Volume.new(name, bucket=str(bucket)).mount(transport="none")
+    for path, data in files.items():
+        rw.fs.makedirs(posixpath_dirname(path), exist_ok=True)
+        rw.fs.pipe_file(path, data)
+    rw._mount.pathfs.symlink("docs/readme.txt", "/readme-link")
+    return rw.finalize("for readers").produced_by.locator
+
+
+def posixpath_dirname(path: str) -> str:
+    return path.rsplit("/", 1)[0] or "/"
+
+
+@pytest.fixture
+def locator(tmp_path: Path) -> str:
+    big = pattern(9 * MiB + 7)
+    return _publish_tree(
+        tmp_path / "bucket",
+        {"/docs/readme.txt": README, "/docs/notes/todo.txt": TODO, "/big.bin": big},
+    )
+
+
+def _read_dirs() -> set[str]:
+    import tempfile
+
+    return {p.name for p in Path(tempfile.gettempdir()).glob("volume-read-*")}
+
+
+def test_a_locator_reads_a_version_without_a_mount(locator: str, tmp_path: Path):
+    before = _read_dirs()
+    fs = fsspec.filesystem("volume", locator=locator)
+    assert fs.read_only and fs.locator == locator
+    assert fs.cat("/docs/readme.txt") == README
+    assert fs.ls("/", detail=False) == ["/big.bin", "/docs", "/readme-link"]
+    assert fs.info("/docs/notes/todo.txt")["size"] == len(TODO)
+    assert fs.glob("/docs/**/*.txt") == ["/docs/notes/todo.txt", "/docs/readme.txt"]
+    assert fs.find("/docs") == ["/docs/notes/todo.txt", "/docs/readme.txt"]
+    assert [d for d, _dirs, _files in fs.walk("/")] == ["/", "/docs", "/docs/notes"]
+    assert fs.du("/docs") == len(README) + len(TODO)
+    big = pattern(9 * MiB + 7)
+    with fs.open("/big.bin", "rb") as f:  # random access across block boundaries
+        f.seek(4 * MiB - 3)
+        assert f.read(10) == big[4 * MiB - 3 : 4 * MiB + 7]
+        f.seek(-5, io.SEEK_END)
+        assert f.read() == big[-5:]
+    assert fs.cat_file("/big.bin", 8 * MiB, 8 * MiB + 100) == big[8 * MiB : 8 * MiB + 100]
+    with pytest.raises(FileNotFoundError):
+        fs.cat("/nothing")
+    with pytest.raises(VolumeReadOnly):
+        fs.pipe_file("/new.bin", b"x")
+    assert len(_read_dirs() - before) == 1  # one temporary copy of the index, nothing else
+    fs.pathfs.release()
+    assert _read_dirs() - before == set()  # removed on release
+
+
+def test_the_temporary_index_goes_when_the_filesystem_is_collected(locator: str):
+    import gc
+
+    before = _read_dirs()
+    fs = fsspec.filesystem("volume", locator=locator)
+    f = fs.open("/docs/readme.txt", "rb")
+    del fs
+    gc.collect()
+    assert f.read() == README  # an open file keeps the version open
+    f.close()
+    del f
+    gc.collect()
+    assert _read_dirs() - before == set()
+
+
+def test_a_locator_is_a_uri_or_a_path_and_bad_ones_are_typed_errors(locator: str, tmp_path: Path):
+    from volume.errors import VolumeUsageError
+
+    document = locator[len("file://") :]
+    assert fsspec.filesystem("volume", locator=document).cat("/docs/readme.txt") == README
+    with pytest.raises(VolumeUsageError, match="no version document"):
+        fsspec.filesystem("volume", locator=str(tmp_path / "missing.json"))
+    (tmp_path / "other.json").write_text('{"hello": 1}')
+    with pytest.raises(VolumeUsageError, match="not a version document"):
+        fsspec.filesystem("volume", locator=str(tmp_path / "other.json"))
+    with pytest.raises(VolumeUsageError, match="either"):
+        VolumeFileSystem()
+
+
+def test_pandas_and_pyarrow_read_straight_from_a_version(tmp_path: Path):
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"x": [1, 2, 3], "name": ["a", "b", "c"]})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    locator = _publish_tree(
+        tmp_path / "bucket",
+        {"/data/t.csv": b"x,name\n1,a\n2,b\n3,c\n", "/data/t.parquet": sink.getvalue().to_pybytes(),
+         "/docs/readme.txt": README},
+    )  # fmt: skip
+    options = {"locator": locator}
+    frame = pd.read_csv("volume:///data/t.csv", storage_options=options)
+    assert frame.to_dict("list") == {"x": [1, 2, 3], "name": ["a", "b", "c"]}
+    assert pd.read_parquet("volume:///data/t.parquet", storage_options=options).equals(
+        table.to_pandas()
+    )
+    read = pq.read_table("/data/t.parquet", filesystem=fsspec.filesystem("volume", **options))
+    assert read.equals(table)
+
+
+class _PublishingFS:
+    """fsspec's suite through a committed version: writes go to a writable working copy, and every
+    other call is answered by a filesystem opened by locator on a fresh commit of it."""
+
+    WRITES = {"mkdir", "makedirs", "touch", "pipe", "pipe_file", "rm", "rm_file", "rmdir", "put",
+              "put_file", "mv", "cp_file", "copy", "write_bytes", "write_text"}  # fmt: skip
+
+    def __init__(self, rw: Any):
+        self._rw = rw
+        self._writer = VolumeFileSystem(rw._mount.pathfs, auto_mkdir=True)
+        self._reader: VolumeFileSystem | None = None
+        self.commits = 0
+
+    def _reading(self) -> VolumeFileSystem:
+        if self._reader is None:
+            version = self._rw.commit()
+            self.commits += 1
+            self._reader = fsspec.filesystem("volume", locator=version.produced_by.locator)
+            assert self._reader.read_only
+        return self._reader
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self.WRITES:
+            self._reader = None
+            return getattr(self._writer, name)
+        return getattr(self._reading(), name)
+
+    def open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
+        if "r" in mode and "+" not in mode:
+            return self._reading().open(path, mode, **kwargs)
+        self._reader = None
+        return self._writer.open(path, mode, **kwargs)
+
+
+class LocatorFixtures(AbstractFixtures):
+    """fsspec's abstract get-tests (volume -> local) with every read served by locator."""
+
+    @pytest.fixture
+    def fs(self, tmp_path: Path) -> Iterator[_PublishingFS]:
+        from volume import Volume
+
+        rw = Volume.new("suitevol", bucket=str(tmp_path / "bucket")).mount(transport="none")
+        proxy = _PublishingFS(rw)
+        yield proxy
+        assert proxy.commits > 0  # the test's reads went through a committed version
+        rw.finalize()
+
+    @pytest.fixture
+    def fs_path(self) -> str:
+        return "/"
+
+
+class TestLocatorGet(AbstractGetTests, LocatorFixtures):
+    pass
