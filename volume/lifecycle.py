@@ -603,7 +603,14 @@ def mount_rw(
             meta = store_cls.open(md.path)
             try:
                 fmt = workcopy.claim_name(
-                    objects, new_format(volume.name, storage=volume.storage, bucket=objects.uri)
+                    objects,
+                    new_format(
+                        volume.name,
+                        storage=volume.storage,
+                        # the JuiceFS client's own Bucket form where the store has one (S3:
+                        # the endpoint URL), so that the real client can mount what we commit
+                        bucket=getattr(objects, "format_bucket", objects.uri),
+                    ),
                 )
                 meta.format(fmt, time.time_ns())
             except BaseException:
