@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-
-flyte = pytest.importorskip("flyte", reason="the flyte extra is not installed")
 
 PROJECT = "demo"
 DOMAIN = "development"
@@ -81,6 +80,8 @@ def run_local(raw_data: Path) -> Callable[..., Any]:
     """Run a task in local mode, as project/domain demo/development; returns its output (a
     tuple when it has several)."""
 
+    flyte = pytest.importorskip("flyte", reason="the flyte extra is not installed")
+
     def run(task: Any, *args: Any, project: str | None = PROJECT, **kwargs: Any) -> Any:
         flyte.init(project=project, domain=DOMAIN if project else None)
         runner = flyte.with_runcontext(mode="local", raw_data_path=str(raw_data))
@@ -99,11 +100,11 @@ def volumes_bucket(raw_data: Path) -> Path:
 @pytest.fixture(autouse=True)
 def unmount_left_behind() -> Any:
     """Unmount the working copies that failing tasks left mounted (abandoning their writes)."""
-    from .tasks import LEFT_MOUNTED
-
     yield
-    while LEFT_MOUNTED:
-        handle = LEFT_MOUNTED.pop()
+    tasks = sys.modules.get(f"{__package__}.tasks")
+    left = getattr(tasks, "LEFT_MOUNTED", [])
+    while left:
+        handle = left.pop()
         if handle.mounted:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
