@@ -659,6 +659,7 @@ def _resolved(p: PathArg) -> Optional[Path]:
 
 def _register(handle: Volume, mount_path: PathArg) -> None:
     with _live_lock:
+        _live[:] = [e for e in _live if e[0]._mount is e[1]]  # forget released mounts
         _live.append((handle, handle._mount, _resolved(mount_path)))
 
 
