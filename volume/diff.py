@@ -11,7 +11,6 @@ modification time.
 
 from __future__ import annotations
 
-import hashlib
 import posixpath
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -34,7 +33,7 @@ class Node:
     type: str  # "file", "directory", "symlink", ...
     size: int
     mtime_ns: int
-    content: bytes  # digest of the slice records (files) or the target (symlinks)
+    content: bytes  # the slice records (files) or the target (symlinks)
 
 
 @dataclass(frozen=True)
@@ -79,33 +78,42 @@ def read_tree(meta: "MetaStore") -> tuple[str, dict[str, Node]]:
     uuid = meta.load_format().UUID
     with meta.transaction() as tx:
         attrs = dict(tx.iter_attrs())
-        chunks: defaultdict[int, list[tuple[int, bytes]]] = defaultdict(list)
+        chunks: dict[int, Any] = {}
         for ino, indx, blob in tx.iter_chunks():
-            chunks[ino].append((indx, blob))
+            seen = chunks.get(ino)
+            if seen is None:
+                chunks[ino] = (indx, blob)
+            elif isinstance(seen, list):
+                seen.append((indx, blob))
+            else:
+                chunks[ino] = [seen, (indx, blob)]
         nodes: dict[str, Node] = {}
-        pending = [(ROOT_INODE, "/")]
+        pending = [(ROOT_INODE, "")]
         while pending:
             parent, path = pending.pop()
             for name, ino, _type in tx.list_entries(parent):
                 attr = attrs.get(ino)
                 if attr is None:
                     continue  # a dangling entry: fsck reports it
-                child = posixpath.join(path, name.decode("utf-8", "surrogateescape"))
-                if attr.type == TYPE_FILE:
-                    digest = hashlib.blake2b(digest_size=16)
-                    for indx, blob in sorted(chunks.get(ino, ())):
-                        digest.update(indx.to_bytes(8, "big"))
-                        digest.update(blob)
-                    content = digest.digest()
-                elif attr.type == TYPE_SYMLINK:
-                    content = tx.get_symlink(ino) or b""
-                else:
-                    content = b""
-                size = attr.length if attr.type in (TYPE_FILE, TYPE_SYMLINK) else 0
-                kind = "file" if attr.type == TYPE_FILE else TYPE_NAMES.get(attr.type, str(attr.type))
-                nodes[child] = Node(ino, kind, size, attr.mtime_ns, content)
-                if attr.type == TYPE_DIRECTORY:
+                child = f"{path}/{name.decode('utf-8', 'surrogateescape')}"
+                kind = attr.type
+                if kind == TYPE_FILE:
+                    records = chunks.get(ino)
+                    if records is None:
+                        content = b""
+                    elif isinstance(records, list):
+                        content = b"".join(i.to_bytes(8, "big") + b for i, b in sorted(records))
+                    else:
+                        content = records[0].to_bytes(8, "big") + records[1]
+                    nodes[child] = Node(ino, "file", attr.length, attr.mtime_ns, content)
+                elif kind == TYPE_DIRECTORY:
+                    nodes[child] = Node(ino, "directory", 0, attr.mtime_ns, b"")
                     pending.append((ino, child))
+                else:
+                    content = tx.get_symlink(ino) or b"" if kind == TYPE_SYMLINK else b""
+                    size = attr.length if kind == TYPE_SYMLINK else 0
+                    name_ = TYPE_NAMES.get(kind, str(kind))
+                    nodes[child] = Node(ino, name_, size, attr.mtime_ns, content)
     return uuid, nodes
 
 
