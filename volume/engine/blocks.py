@@ -23,7 +23,7 @@ from .diskcache import DiskCache
 log = logging.getLogger("volume.engine.blocks")
 
 UPLOAD_ATTEMPTS = 3
-RETRY_INTERVAL = 1.0  # seconds between retries of failed uploads while writers wait
+RETRY_INTERVAL = 0.25  # seconds between retries of failed uploads while writers wait
 LOCAL_UPLOAD_WORKERS = 4
 
 

@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
-from ..errors import VolumeMountError
+from ..errors import VolumeCommitError, VolumeMountError
 from ..juicefs import (
     COUNTER_NEXT_CHUNK,
     COUNTER_NEXT_INODE,
@@ -301,7 +301,10 @@ class Engine(NamespaceOps, FileOps):
         every block is stored. Raises :class:`~volume.errors.VolumeCommitError` (a
         ``VolumeSystemError``) when an upload fails or ``timeout`` passes; a later drain can
         still succeed (the blocks stay buffered)."""
-        self.flush()
+        try:
+            self.flush()
+        except OSError as exc:  # no room to hand a buffered block over: the store is failing
+            raise VolumeCommitError(f"cannot publish the buffered writes: {exc}") from exc
         if self._compactions is not None:
             self._compactions.wait()
         self.blocks.drain(timeout)
