@@ -60,8 +60,12 @@ def test_fields_are_the_pages_in_its_order() -> None:
 
 @pytest.mark.parametrize("name", sorted(PAGE))
 def test_method_signature_is_the_pages(name: str) -> None:
+    check_against_page(name, getattr(ROVolume, name))
+
+
+def check_against_page(name: str, method: Any) -> None:
     documented, returns = PAGE[name]
-    params = parameters(getattr(ROVolume, name))
+    params = parameters(method)
     assert [p.name for p in params[: len(documented)]] == [n for n, _ in documented]
     for p in params[: len(documented)]:  # every one can be passed by position, as documented
         assert p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
@@ -71,9 +75,31 @@ def test_method_signature_is_the_pages(name: str) -> None:
         if doc_type.startswith("Optional["):  # documented as optional: defaults to None
             assert p.default is None, f"{name}({p.name}) should default to None"
     if returns is not None:
-        assert inspect.signature(getattr(ROVolume, name)).return_annotation == returns
+        assert inspect.signature(method).return_annotation == returns
     if name != "model_post_init":
-        assert getattr(ROVolume, name).__doc__
+        assert method.__doc__
+
+
+def test_a_drifted_signature_fails() -> None:
+    def reordered(self, meta_dir=None, name="x", timeout=60) -> RWVolume:  # noqa: ANN001
+        """drifted"""
+
+    def renamed(self, name, meta=None, timeout=60) -> RWVolume:  # noqa: ANN001
+        """drifted"""
+
+    def retyped(self, name, meta_dir=None, timeout=60) -> ROVolume:  # noqa: ANN001
+        """drifted"""
+
+    def appended_with_default(self, name, meta_dir=None, timeout=60, x=...) -> RWVolume:  # noqa: ANN001
+        """not drifted: the addition has a default"""
+
+    def inserted(self, name, extra, meta_dir=None, timeout=60) -> RWVolume:  # noqa: ANN001
+        """drifted"""
+
+    for drifted in (reordered, renamed, retyped, inserted):
+        with pytest.raises(AssertionError):
+            check_against_page("fork", drifted)
+    check_against_page("fork", appended_with_default)
 
 
 def test_ro_volume_has_no_commit_of_its_own_and_no_finalize() -> None:
