@@ -68,7 +68,8 @@ class GCSObjectStore(ObjectStore):
         self._fs = gcsfs.GCSFileSystem(
             token="anon" if endpoint else None,
             endpoint_url=endpoint,
-            project=settings.get("project") or os.environ.get("GOOGLE_CLOUD_PROJECT"),
+            project=settings.get("project") or os.environ.get("GOOGLE_CLOUD_PROJECT")
+            or ("emulator" if endpoint else None),
             use_listings_cache=False,
             skip_instance_cache=True,
             session_kwargs={"timeout": timeout},
