@@ -569,7 +569,9 @@ class ROVolume(_MountableVolume):
         kernel = lifecycle.KernelOptions(
             _as_path(mount_path), timeout, attr_cache, entry_cache, dir_entry_cache
         )
-        self._mount = lifecycle.mount_ro(self, kernel, meta_dir, cache_dir, transport)  # type: ignore[arg-type]
+        self._mount = lifecycle.mount_ro(
+            self, kernel, meta_dir, cache_dir, transport  # type: ignore[arg-type]
+        )
         _register(self, mount_path)
         return self
 

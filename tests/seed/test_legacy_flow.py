@@ -100,7 +100,8 @@ def test_the_seeds_legacy_flow(bucket: str, tmp_path: Path, through: Through) ->
     through.mount(result, mnt / "c")
     try:
         assert through.read_all(result, mnt / "c") == {
-            "data/one.txt": b"one", "two.txt": b"TWO", "three.txt": b"three", "four.txt": b"four"}  # fmt: skip
+            "data/one.txt": b"one", "two.txt": b"TWO", "three.txt": b"three", "four.txt": b"four",
+        }  # fmt: skip
         if through.transport == "fuse":
             with pytest.raises(OSError) as info:
                 (mnt / "c" / "five.txt").write_bytes(b"5")

@@ -33,7 +33,8 @@ PAGE_FIELDS = [
 PAGE: dict[str, tuple[list[tuple[str, str]], str | None]] = {
     "commit": ([("mount_path", "str"), ("meta_dir", "str"), ("timeout", "float"),
                 ("message", "Optional[str]")], "Volume"),
-    "empty": ([("name", "str"), ("bucket", "Optional[str]"), ("storage", "Optional[StorageBackend]"),
+    "empty": ([("name", "str"), ("bucket", "Optional[str]"),
+               ("storage", "Optional[StorageBackend]"),
                ("region", "Optional[str]"), ("metadata_store_type", "Optional[str]")], "Volume"),
     "fork": ([("name", "str"), ("meta_dir", "str"), ("timeout", "float")], "RWVolume"),
     "migrate_metadata_store_type": ([("new_metadata_store_type", "str"), ("meta_dir", "str"),
@@ -90,7 +91,7 @@ def test_a_drifted_signature_fails() -> None:
     def retyped(self, name, meta_dir=None, timeout=60) -> ROVolume:  # noqa: ANN001
         """drifted"""
 
-    def appended_with_default(self, name, meta_dir=None, timeout=60, x=...) -> RWVolume:  # noqa: ANN001
+    def appended_with_default(self, name, meta_dir=None, timeout=60, x=1) -> RWVolume:  # noqa
         """not drifted: the addition has a default"""
 
     def inserted(self, name, extra, meta_dir=None, timeout=60) -> RWVolume:  # noqa: ANN001
