@@ -264,7 +264,7 @@ def _location(uri: str, region: Optional[str]) -> Any:
         scheme, _, rest = uri.partition("://")
         bucket, _, key = rest.partition("/")
         root = f"{scheme}://{bucket}"
-    if storage is None or not key or not root or root.endswith(":/"):
+    if storage is None or not key or not root or root.endswith((":/", "://")):
         yield None, None
         return
     store = plugins.object_store_class(storage).from_uri(root, region=region)
