@@ -1,0 +1,7 @@
+"""``python -m volume.cli``: the ``volume`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
