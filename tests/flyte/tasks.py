@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import flyte
 
@@ -59,6 +59,41 @@ async def pipeline() -> tuple[ROVolume, str, ROVolume]:
     text = await consume(data)
     more = await extend(data)
     return data, text, more
+
+
+# --------------------------------------------------------------------------- other outputs
+
+
+def _written(name: str) -> RWVolume:
+    rw = Volume.new(name).mount(transport="none")
+    rw.fs.pipe_file("/name.txt", name.encode())
+    return rw
+
+
+@env.task
+async def return_as_volume() -> Volume:
+    return _written("declared-as-volume")
+
+
+@env.task
+async def return_optional() -> Optional[RWVolume]:
+    return _written("optional-one")
+
+
+@env.task
+async def return_list() -> list[RWVolume]:
+    return [_written("first-of-two"), _written("second-of-two")]
+
+
+@env.task
+async def return_unmounted_fork(data: ROVolume) -> RWVolume:
+    _ran("return_unmounted_fork")
+    return data.fork("forked-not-mounted")
+
+
+@env.task
+async def fork_without_writing() -> ROVolume:
+    return await return_unmounted_fork(await produce())
 
 
 # --------------------------------------------------------------------------- inputs

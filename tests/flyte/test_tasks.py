@@ -75,6 +75,32 @@ def test_three_tasks_produce_consume_fork(run_local, volumes_bucket):
     assert [v.name for v in walk(data)] == ["training-data"]
 
 
+@pytest.mark.parametrize(
+    "task, names",
+    [
+        (tasks.return_as_volume, ["declared-as-volume"]),
+        (tasks.return_optional, ["optional-one"]),
+        (tasks.return_list, ["first-of-two", "second-of-two"]),
+    ],
+    ids=["as-Volume", "Optional", "list"],
+)
+def test_working_copies_are_finalized_wherever_they_are_returned(run_local, task, names):
+    out = run_local(task)
+    out = out if isinstance(out, list) else [out]
+    assert [type(v) for v in out] == [ROVolume] * len(names)
+    assert [v.name for v in out] == names
+    assert all(v.produced_by.output_name == "o0" for v in out)
+    assert [read_all(v) for v in out] == [{"/name.txt": name.encode()} for name in names]
+
+
+def test_a_fork_returned_unmounted_is_published_as_it_stands(run_local):
+    fork = run_local(tasks.fork_without_writing)
+    assert type(fork) is ROVolume and fork.name == "forked-not-mounted"
+    assert fork.produced_by.name == tasks.ACTIONS["return_unmounted_fork"]
+    assert read_all(fork) == {"/shards/0.txt": b"zero\n", "/shards/1.txt": b"one\n"}
+    assert tasks.ACTIONS["produce"] in [v.produced_by.name for v in walk(fork)]
+
+
 def test_a_working_copy_declared_by_the_caller_is_filled_and_finalized(run_local):
     filled = run_local(tasks.declare_then_fill)
     assert type(filled) is ROVolume
