@@ -96,6 +96,19 @@ async def fork_without_writing() -> ROVolume:
     return await return_unmounted_fork(await produce())
 
 
+@env.task
+async def return_commit() -> ROVolume:
+    rw = _written("committed-in-body")
+    version = rw.commit("made here")
+    rw.unmount()
+    return version  # produced here, published without an output name: it gets "o0"
+
+
+@env.task
+async def pass_through(volume: ROVolume) -> ROVolume:
+    return volume
+
+
 # --------------------------------------------------------------------------- inputs
 
 

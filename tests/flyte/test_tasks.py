@@ -101,6 +101,22 @@ def test_a_fork_returned_unmounted_is_published_as_it_stands(run_local):
     assert tasks.ACTIONS["produce"] in [v.produced_by.name for v in walk(fork)]
 
 
+def test_a_version_made_in_the_task_gets_the_output_name(run_local):
+    version = run_local(tasks.return_commit)
+    assert (version.message, version.produced_by.output_name) == ("made here", "o0")
+    # the stored document was written before anyone knew the output
+    assert Volume.from_locator(version.produced_by.locator).produced_by.output_name is None
+
+
+def test_a_version_made_elsewhere_passes_through_unchanged(run_local, tmp_path):
+    rw = Volume.new("made-outside", bucket=str(tmp_path / "outside")).mount(transport="none")
+    rw.fs.pipe_file("/x", b"x")
+    version = rw.finalize()
+    assert version.produced_by.name.startswith("process:")
+    back = run_local(tasks.pass_through, version)
+    assert type(back) is ROVolume and back.model_dump() == version.model_dump()
+
+
 def test_a_working_copy_declared_by_the_caller_is_filled_and_finalized(run_local):
     filled = run_local(tasks.declare_then_fill)
     assert type(filled) is ROVolume
