@@ -256,7 +256,9 @@ class ObstoreObjectStore(ObjectStore):
                     errno.ENOENT, 404, self,
                 )  # fmt: skip
             return _typed(ObjectNotFound(f"no object {where}"), errno.ENOENT, 404, self)
-        if isinstance(exc, obx.UnauthenticatedError) or self._credentials_rejected(text, status):
+        no_credentials = "token request" in text or "credential" in text.lower()
+        if (isinstance(exc, obx.UnauthenticatedError) or no_credentials
+                or self._credentials_rejected(text, status)):  # fmt: skip
             return _typed(
                 CredentialsRejected(
                     f"{self.name} refused the credentials for bucket {self._bucket!r} "

@@ -8,12 +8,16 @@ from typing import Any
 
 from obstore.store import S3Store
 
-from volume.errors import VolumeValidationError
+from volume.errors import ObjectExists, VolumeValidationError
+from volume.stores import ObjectStoreCapabilities
 
 from ._obstore import ObstoreObjectStore, client_config, retry_config, split_options
 from ._uri import split_bucket_uri
 
 DEFAULT_REGION = "us-east-1"
+#: set to false for an S3-compatible store that ignores ``If-None-Match: *`` on PUT
+ENV_CONDITIONAL_PUT = "VOLUME_S3_CONDITIONAL_PUT"
+_FALSE = ("0", "false", "no", "off")
 # S3 bucket names: 3-63 lowercase letters, digits, dots and hyphens
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
@@ -46,6 +50,17 @@ class S3ObjectStore(ObstoreObjectStore):
                 f"{bucket!r} is not a valid S3 bucket name (3-63 lowercase letters, digits, "
                 f"'.' and '-')"
             )
+        conditional = options.pop("conditional_put", None)
+        if conditional is None:
+            conditional = os.environ.get(ENV_CONDITIONAL_PUT, "true").lower() not in _FALSE
+        if not isinstance(conditional, bool):
+            raise VolumeValidationError(
+                f"the S3 option conditional_put={conditional!r} is not a bool"
+            )
+        if not conditional:
+            # a store that ignores If-None-Match: put-if-absent becomes check-then-put, and the
+            # lifecycle refuses writable mounts unless the caller accepts a single writer
+            self.capabilities = ObjectStoreCapabilities(conditional_put=False, range_reads=True)
         settings = split_options("s3", options, set())
         self._bucket = bucket
         self._prefix = prefix
@@ -75,9 +90,18 @@ class S3ObjectStore(ObstoreObjectStore):
         )
         self._options = options
 
+    def _put(self, key: str, path: str, payload: Any, if_absent: bool) -> None:
+        if if_absent and not self.capabilities.conditional_put:
+            if self.exists(key):  # not atomic: only safe with a single writer
+                raise ObjectExists(f"object {key!r} already exists in {self.uri}")
+            if_absent = False
+        super()._put(key, path, payload, if_absent)
+
     @classmethod
     def from_uri(cls, uri: str, *, region: str | None = None, **options: object) -> "S3ObjectStore":
         """Open ``s3://bucket[/prefix]``. Options: ``endpoint`` (an http(s)://host[:port] URL),
+        ``conditional_put`` (False for a store without create-only PUTs; default from
+        ``VOLUME_S3_CONDITIONAL_PUT``, else True),
         ``connect_timeout``, ``read_timeout``, ``retry_timeout`` (seconds), ``max_retries``."""
         _, bucket, prefix = split_bucket_uri(uri, ("s3",), "S3")
         endpoint = options.pop("endpoint", None)
