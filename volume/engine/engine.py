@@ -2,7 +2,8 @@
 
 This is "the client": namespace rules live here once (:mod:`volume.engine.namespace`), the
 storage of records lives in the metadata store, and file data flows through per-inode write
-buffers into immutable blocks (:mod:`volume.engine.files`, which also documents the lock order).
+buffers into immutable blocks (:mod:`volume.engine.files`, which also documents the lock order;
+fallocate and copy_file_range are in :mod:`volume.engine.ranges`).
 This module holds what both halves share and the lifecycle API (freeze, flush, drain, snapshot,
 fsync, close). Errors are ``OSError`` with the errno Linux would give, so the FUSE layer only
 translates.
@@ -38,6 +39,7 @@ from .diskcache import DiskCache
 from .files import FileOps, Handle, OpenInode
 from .namespace import NOW, RENAME_EXCHANGE, RENAME_NOREPLACE, NamespaceOps, StatFS, space
 from .posix import Caller, check_access, fs_error
+from .ranges import RangeOps
 
 __all__ = ["NOW", "RENAME_EXCHANGE", "RENAME_NOREPLACE", "Engine", "StatFS"]
 
@@ -49,7 +51,7 @@ SLICE_BATCH = 4096
 T = TypeVar("T")
 
 
-class Engine(NamespaceOps, FileOps):
+class Engine(NamespaceOps, FileOps, RangeOps):
     """A mounted volume's file system, without any kernel involvement.
 
     Thread-safe, under the lock order documented in :mod:`volume.engine.files`. ``compaction``

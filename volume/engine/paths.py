@@ -403,6 +403,26 @@ class PathFS:
         """``os.fsync``: buffered writes published and their blocks stored."""
         self.engine.fsync(self._file(fd).ino)
 
+    def fallocate(self, fd: int, mode: int, offset: int, length: int) -> None:
+        """fallocate(2) (``mode``: ``FALLOC_FL_*`` bits, 0 to allocate)."""
+        self.engine.fallocate(self._file(fd).fh, mode, offset, length)
+
+    def copy_file_range(
+        self, src: int, dst: int, count: int, offset_src: int | None = None,
+        offset_dst: int | None = None,
+    ) -> int:  # fmt: skip
+        """``os.copy_file_range``: a metadata-only clone; the bytes copied."""
+        fi, fo = self._file(src), self._file(dst)
+        n = self.engine.copy_file_range(
+            fi.fh, fi.pos if offset_src is None else offset_src,
+            fo.fh, fo.pos if offset_dst is None else offset_dst, count,
+        )  # fmt: skip
+        if offset_src is None:
+            fi.pos += n
+        if offset_dst is None:
+            fo.pos += n
+        return n
+
     def fstat(self, fd: int) -> StatResult:
         """``os.fstat``."""
         ino = self._file(fd).ino

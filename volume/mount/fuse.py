@@ -530,6 +530,19 @@ class EngineOperations:
     def fsync(self, path: str | None, datasync: int, fh: int) -> None:
         self.engine.fsync(self.engine.inode_of(fh))
 
+    def fallocate(self, path: str | None, mode: int, offset: int, size: int, fh: int) -> None:
+        self.engine.fallocate(fh, mode, offset, size)
+        self._invalidate(self._other_names(self._handle_inodes.get(fh), path))
+
+    def copy_file_range(
+        self, path_in: str | None, fh_in: int, off_in: int,
+        path_out: str | None, fh_out: int, off_out: int, size: int, flags: int,
+    ) -> int:  # fmt: skip
+        """A metadata-only clone of the source's slices (no block is copied)."""
+        copied = self.engine.copy_file_range(fh_in, off_in, fh_out, off_out, size, flags)
+        self._invalidate(self._other_names(self._handle_inodes.get(fh_out), path_out))
+        return copied
+
     def release(self, path: str | None, fh: int) -> None:
         self._handle_inodes.pop(fh, None)
         self.engine.release(fh)
@@ -635,6 +648,16 @@ class _LibfuseSession(mfusepy.FUSE if mfusepy is not None else object):  # type:
         fi = fip.contents
         fi.fh = self.operations.create(self._str(path), mode, fi.flags)
         return 0
+
+    def copy_file_range(
+        self, path_in: bytes | None, fip_in: Any, off_in: int,
+        path_out: bytes | None, fip_out: Any, off_out: int, size: int, flags: int,
+    ) -> int:  # fmt: skip
+        # mfusepy declares the callback but has no wrapper for it
+        return self.operations.copy_file_range(
+            self._str(path_in), fip_in.contents.fh, off_in,
+            self._str(path_out), fip_out.contents.fh, off_out, size, flags,
+        )  # fmt: skip
 
     def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
         # the engine may answer with any bytes-like object (a bytearray from its write buffers)

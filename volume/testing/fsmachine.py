@@ -91,6 +91,11 @@ class FSAdapter(Protocol):
     def ftruncate(self, fd: int, length: int) -> None: ...
     def fstat(self, fd: int) -> Any: ...
     def fsync(self, fd: int) -> None: ...
+    def fallocate(self, fd: int, mode: int, offset: int, length: int) -> None: ...
+    def copy_file_range(
+        self, src: int, dst: int, count: int, offset_src: int | None = None,
+        offset_dst: int | None = None,
+    ) -> int: ...  # fmt: skip
     def close(self, fd: int) -> None: ...
 
 
@@ -107,6 +112,20 @@ def renameat2(src: str, dst: str, flags: int) -> None:
     if _renameat2_fn(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(dst), flags) != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code), src)
+
+
+_fallocate_fn = getattr(_libc, "fallocate", None)
+if _fallocate_fn is not None:
+    _fallocate_fn.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong)
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    """``fallocate(fd, mode, offset, length)``; ENOSYS when libc lacks it."""
+    if _fallocate_fn is None:
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+    if _fallocate_fn(fd, mode, offset, length) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
 
 
 class OsDir:
@@ -235,6 +254,17 @@ class OsDir:
         """``os.fsync``."""
         os.fsync(fd)
 
+    def fallocate(self, fd: int, mode: int, offset: int, length: int) -> None:
+        """fallocate(2)."""
+        fallocate(fd, mode, offset, length)
+
+    def copy_file_range(
+        self, src: int, dst: int, count: int, offset_src: int | None = None,
+        offset_dst: int | None = None,
+    ) -> int:  # fmt: skip
+        """``os.copy_file_range``."""
+        return os.copy_file_range(src, dst, count, offset_src, offset_dst)
+
     def close(self, fd: int) -> None:
         """``os.close``."""
         os.close(fd)
@@ -246,6 +276,8 @@ class OracleFeatures:
 
     renameat2: bool
     user_xattrs: bool
+    #: fallocate with PUNCH_HOLE and ZERO_RANGE (the modes the JuiceFS client serves)
+    fallocate: bool = False
 
 
 def probe_features(directory: str) -> OracleFeatures:
@@ -270,7 +302,20 @@ def _probe(_device: int, directory: str) -> OracleFeatures:
             has_xattrs = os.getxattr(a, "user.probe") == b"1"
         except OSError:
             has_xattrs = False
-        return OracleFeatures(renameat2=has_renameat2, user_xattrs=has_xattrs)
+        try:
+            fd = os.open(a, os.O_RDWR)
+            try:
+                os.write(fd, b"x" * 8192)
+                for mode in FALLOCATE_MODES:
+                    fallocate(fd, mode, 100, 5000)
+                has_fallocate = True
+            finally:
+                os.close(fd)
+        except OSError:
+            has_fallocate = False
+        return OracleFeatures(
+            renameat2=has_renameat2, user_xattrs=has_xattrs, fallocate=has_fallocate
+        )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -341,6 +386,11 @@ offsets = weighted(
 lengths = st.one_of(st.integers(0, 300_000), st.sampled_from([0, 65536, CHUNK]), near_chunk_end)
 read_sizes = st.one_of(st.sampled_from([0, 1, 4096, 65536, 200_000]), st.integers(0, 300_000))
 file_slots = st.integers(0, 15)  # index into the open files, modulo their number
+# 0, KEEP_SIZE, PUNCH_HOLE|KEEP_SIZE, ZERO_RANGE, ZERO_RANGE|KEEP_SIZE (collapse and insert
+# range are left out: the JuiceFS client refuses them, local file systems need alignment)
+FALLOCATE_MODES = (0x00, 0x01, 0x03, 0x10, 0x11)
+fallocate_modes = st.one_of(st.sampled_from(FALLOCATE_MODES), st.sampled_from([0x02, 0x13, 0x04]))
+range_lengths = st.one_of(st.integers(-1, 300_000), st.sampled_from([0, 1, 65536]))
 ACCESS_MODES = {"O_RDONLY": os.O_RDONLY, "O_WRONLY": os.O_WRONLY, "O_RDWR": os.O_RDWR}
 OPEN_EXTRAS = {
     "O_CREAT": os.O_CREAT,
@@ -890,6 +940,43 @@ class FSMachine(RuleBasedStateMachine):
         """fsync: the subject publishes and stores its buffered writes."""
         f = self._file(slot)
         self.same_fd(f, "fsync()", lambda fs, fd: fs.fsync(fd))
+
+    @precondition(lambda self: self.files and self.features.fallocate)
+    @rule(slot=file_slots, mode=fallocate_modes, offset=offsets, length=range_lengths)
+    def fallocate(self, slot: int, mode: int, offset: int, length: int) -> None:
+        """fallocate: allocate, keep size, punch a hole, zero a range."""
+        f = self._file(slot)
+        self.same_fd(
+            f, f"fallocate({mode:#x}, {offset}, {length})",
+            lambda fs, fd: fs.fallocate(fd, mode, offset, length),
+        )  # fmt: skip
+
+    @precondition(lambda self: self.files)
+    @rule(
+        src=file_slots, dst=file_slots, count=range_lengths.filter(lambda n: n >= 0),
+        offsets_=st.one_of(st.none(), st.tuples(offsets, offsets)),
+    )  # fmt: skip
+    def copy_file_range(
+        self, src: int, dst: int, count: int, offsets_: tuple[int, int] | None
+    ) -> None:
+        """copy_file_range between two open files (or within one), at given offsets or at
+        the descriptors' positions."""
+        fin, fout = self._file(src), self._file(dst)
+        off_in, off_out = offsets_ or (None, None)
+        what = f"copy_file_range({fin.path} ({fin.flags}), {count}, {off_in}, {off_out})"
+        expected = outcome(
+            lambda: self.oracle.copy_file_range(
+                fin.oracle_fd, fout.oracle_fd, count, off_in, off_out
+            )
+        )
+        actual = outcome(
+            lambda: self.subject.copy_file_range(
+                fin.subject_fd, fout.subject_fd, count, off_in, off_out
+            )
+        )
+        assert actual == expected, (
+            f"{what} to {fout.path} ({fout.flags}): subject {actual!r}, oracle {expected!r}"
+        )
 
     @precondition(lambda self: self.files)
     @rule(slot=file_slots)
