@@ -419,8 +419,12 @@ class Mount:
 
     @property
     def pathfs(self) -> PathFS:
-        """``os``-style access to the mounted volume."""
-        return PathFS(self.engine)
+        """``os``-style access to the mounted volume (coherent with its kernel mount, if any)."""
+        if self.kernel is None:
+            return PathFS(self.engine)
+        from .mount.view import KernelCoherentEngine
+
+        return PathFS(KernelCoherentEngine(self.engine, self.kernel.operations))
 
     @property
     def fs(self) -> Any:
@@ -428,7 +432,7 @@ class Mount:
         if self._fs is None:
             from .fsspec import VolumeFileSystem
 
-            self._fs = VolumeFileSystem(PathFS(self.engine), read_only=not self.writable)
+            self._fs = VolumeFileSystem(self.pathfs, read_only=not self.writable)
         return self._fs
 
     def close(self, *, drain: bool, timeout: float = 30.0) -> None:

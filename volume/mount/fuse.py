@@ -6,9 +6,10 @@ calls and does nothing else: permissions are checked by the kernel (``default_pe
 again by the engine, POSIX rules live in the engine, errors are the engine's errnos.
 
 libfuse's high-level API names every file by path, so the translator keeps a path -> inode cache
-(a mirror of the paths the kernel has looked up) that namespace changes invalidate. The mount is
-the only writer of its engine's namespace while it is mounted: changes made around it (through
-another ``PathFS`` on the same engine) are not seen by the kernel's caches or by this one.
+(a mirror of the paths the kernel has looked up) that namespace changes invalidate. Changes made
+in-process (the handle's ``.fs``) go through :class:`~volume.mount.view.KernelCoherentEngine`,
+which tells the translator (:meth:`EngineOperations.namespace_changed`,
+:meth:`EngineOperations.inode_changed`) so that it and the kernel drop what became stale.
 
 See ``spec/fuse.md`` for the mount options and what they map to.
 """
@@ -162,6 +163,7 @@ class EngineOperations:
     def __init__(self, engine: Engine):
         self.engine = engine
         self._inodes: dict[str, int] = {"/": ROOT_INODE}
+        self._generation = 0  # bumped whenever the path cache is dropped
         self._handle_inodes: dict[int, int] = {}
         # Inodes known to have no security.capability: the kernel checks it (to drop file
         # capabilities) before every write, which would otherwise cost a metadata transaction.
@@ -200,8 +202,10 @@ class EngineOperations:
         if hidden is not None:
             return hidden, self.engine.getattr(hidden)
         head, name = _split(path)
+        generation = self._generation
         ino, attr = self.engine.lookup(self._inode(head), name, self._caller())
-        self._remember(path, ino)
+        if generation == self._generation:  # else an in-process change may have made it stale
+            self._remember(path, ino)
         return ino, attr
 
     def _attrs(self, ino: int, attr: Attr) -> dict[str, int]:
@@ -263,7 +267,27 @@ class EngineOperations:
 
     def _drop_paths(self) -> None:
         # a new dict, not clear(): other threads never see the root missing
+        self._generation += 1
         self._inodes = {"/": ROOT_INODE}
+
+    # ------------------------------------------------------------------ changes made in-process
+
+    def namespace_changed(self, names: list[str]) -> None:
+        """Names were created, removed or moved in-process: forget every cached path and drop
+        the kernel's attributes and pages of the cached paths ending in those names."""
+        old = self._inodes
+        self._drop_paths()
+        if self._fuse is None:
+            return
+        tails = tuple("/" + n for n in names)
+        self._invalidate([p for p in old if p != "/" and p.endswith(tails)])
+
+    def inode_changed(self, ino: int) -> None:
+        """An inode's attributes or bytes changed in-process: drop the kernel's copies."""
+        self._no_capability.discard(ino)
+        if self._fuse is None:
+            return
+        self._invalidate([p for p, i in list(self._inodes.items()) if i == ino])
 
     # ------------------------------------------------------------------ attributes
 
@@ -863,7 +887,8 @@ class FuseMount:
             "use_ino": True,
             "attr_timeout": float(attr_cache),
             "entry_timeout": float(entry_cache),
-            "negative_timeout": float(dir_entry_cache),
+            # a writable mount keeps no negative entries: a name created in-process is seen
+            "negative_timeout": float(dir_entry_cache) if read_only else 0.0,
             "max_idle_threads": 10,  # libfuse 3.14's default is out of range: it says so on stderr
         }
         if os.geteuid() == 0:
