@@ -32,6 +32,7 @@ _LAST_USED = {COUNTER_NEXT_INODE: b"nextinode", COUNTER_NEXT_CHUNK: b"nextchunk"
 _LOWER = {COUNTER_NEXT_SESSION: b"nextsession"}
 
 INODE_KEY = re.compile(rb"i(\d+)")
+ENTRY_KEY = re.compile(rb"d(\d+)")
 CHUNK_KEY = re.compile(rb"c(\d+)_(\d+)")
 SLICE_FIELD = re.compile(rb"k(\d+)_(\d+)")
 

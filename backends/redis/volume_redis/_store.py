@@ -37,6 +37,7 @@ from volume.juicefs import (
     COUNTER_TOTAL_INODES,
     COUNTER_USED_SPACE,
     DIR_LENGTH,
+    MIN_INTERNAL_INODE,
     ROOT_INODE,
     SLICE_RECORD_SIZE,
     TRASH_INODE,
@@ -57,6 +58,9 @@ _SOCKET_TIMEOUT_S = 60.0
 _CACHE_LIMIT = 1_000_000  # cached keys and fields before the cache starts over
 _SCAN_COUNT = 1000
 _BATCH = 1000
+#: committed transactions whose writes wait (in the cache, visible) before one MULTI/EXEC
+_GROUP_COMMIT = 64
+_NEVER = 1 << 64
 
 #: counters ``format`` writes, in the SQL convention (as the SQLite store writes them)
 _FORMAT_COUNTERS = (
@@ -88,6 +92,18 @@ def _io(method: _F) -> _F:
     return wrapped  # type: ignore[return-value]
 
 
+def _reads(method: _F) -> _F:
+    """A method that asks the server: queued writes are sent first (read after write)."""
+
+    @functools.wraps(method)
+    def flushed(self: RedisMetaStore, *args: Any, **kwargs: Any) -> Any:
+        if self._queued:
+            self._flush()
+        return method(self, *args, **kwargs)
+
+    return _io(flushed)  # type: ignore[return-value]
+
+
 class RedisMetaStore(MetaStore):
     """A JuiceFS Redis metadata database served by a private redis-server; see the module doc."""
 
@@ -110,7 +126,12 @@ class RedisMetaStore(MetaStore):
         self._in_txn = False
         self._broken: str | None = None
         self._closed = False
+        self._pending = RedisTxn(self, True)  # committed writes not yet sent, merged
+        self._extra: list[Any] = []  # sustained-inode changes not yet sent
+        self._queued = 0
+        self._orphan_links: dict[int, dict[int, int]] = {}
         self._reset_cache()
+        self._init_fresh()
 
     # ------------------------------------------------------------------ opening
 
@@ -169,7 +190,7 @@ class RedisMetaStore(MetaStore):
 
     # ------------------------------------------------------------------ format
 
-    @_io
+    @_reads
     def is_formatted(self) -> bool:
         """Whether the ``setting`` key exists."""
         self._check_usable()
@@ -263,48 +284,115 @@ class RedisMetaStore(MetaStore):
 
     @_io
     def _commit(self, txn: RedisTxn) -> None:
+        """Fold the transaction into the cache and into the queue of unsent writes.
+
+        The queue is sent as one MULTI/EXEC block (all of it or nothing, in commit order) once
+        ``_GROUP_COMMIT`` transactions are in it, and before any read of the server, snapshot or
+        close. Committed writes are visible at once through the cache, which every reader
+        consults first, so queuing changes when the server learns of a write, never what any
+        reader sees.
+        """
         if not txn.changed():
             return
-        pipe = self._client.pipeline(transaction=True)
-        sets = {k: v for k, v in txn._str.items() if v is not None}
-        dels = [k for k, v in txn._str.items() if v is None]
-        dels.extend(txn._cleared)
-        if dels:
-            pipe.delete(*dels)
-        if sets:
-            pipe.mset(sets)
-        for key, delta in txn._hash.items():
-            _hash_changes(pipe, key, delta)
-        by_key: dict[bytes, dict[bytes, bytes | None]] = {}
-        for (key, field), value in txn._field.items():
-            by_key.setdefault(key, {})[field] = value
-        for key, delta in by_key.items():
-            _hash_changes(pipe, key, delta)
-        for (key, field), delta in txn._incr.items():
-            pipe.hincrby(key, field, delta)
-        for key, (before, now) in txn._list.items():
-            if now == before:
-                continue
-            if before and now.startswith(before):
-                pipe.rpush(key, *_records(now[len(before) :]))
-                continue
-            pipe.delete(key)
-            if now:
-                pipe.rpush(key, *_records(now))
+        if not self._server.alive():
+            raise self._gone(ConnectionError("the redis-server process exited"))
+        self._settle_links(txn)
         if txn._sustained is not None:
-            self._sustained_changes(pipe, txn._sustained)
-        pipe.execute()
+            current = self._sustained()  # sends the queue first
+            self._extra.append((current, txn._sustained, self._next_sustained_score()))
+        _merge(self._pending, txn)
         self._absorb(txn)
+        self._queued += 1
+        if self._queued >= _GROUP_COMMIT or self._extra or len(self._pending._str) > 50_000:
+            self._flush()
+
+    def _settle_links(self, txn: RedisTxn) -> None:
+        """Turn the transaction's entry changes of non-directories into ``p{inode}`` changes,
+        as JuiceFS keeps them: only for inodes with several links (``parent == 0``)."""
+        for inode, deltas in txn._links.items():
+            final = txn.get_attr(inode)
+            before_raw = self._cached_str(codec.inode_key(inode))
+            before = None if before_raw is None else codec.unpack_attr(before_raw)
+            if before is None:  # entries written before the inode's attr (a load): keep them
+                stash = self._orphan_links.setdefault(inode, {})
+                for parent, delta in deltas.items():
+                    stash[parent] = stash.get(parent, 0) + delta
+                if final is None or final.parent != 0:
+                    continue
+                deltas, base = self._orphan_links.pop(inode), {}
+            elif before.parent != 0:
+                if final is None or final.parent != 0:
+                    continue  # a single link, before and after: no p{inode}
+                base = {before.parent: 1}  # the first hard link: p{inode} starts
+            else:
+                base = None  # p{inode} exists: apply the changes to it
+            pkey = codec.parent_key(inode)
+            for parent, delta in deltas.items():
+                field = b"%d" % parent
+                if base is None:
+                    count = int(txn._get_field(pkey, field) or 0) + delta
+                else:
+                    count = base.pop(parent, 0) + delta
+                txn._field[(pkey, field)] = str(count).encode() if count > 0 else None
+            for parent, count in (base or {}).items():
+                txn._field[(pkey, b"%d" % parent)] = str(count).encode()
+
+    @_io
+    def _flush(self) -> None:
+        """Send the queued writes as one MULTI/EXEC block (all of them or none)."""
+        with self._lock:
+            pending, extra = self._pending, self._extra
+            self._pending, self._extra, self._queued = RedisTxn(self, True), [], 0
+            if not pending.changed() and not extra:
+                return
+            pipe = self._client.pipeline(transaction=True)
+            _emit(pipe, pending)
+            for current, wanted, next_score in extra:
+                _sustained_changes(pipe, current, wanted, next_score)
+            pipe.execute()
 
     # ------------------------------------------------------------------ cache
 
     def _reset_cache(self) -> None:
         self._c_str: dict[bytes, bytes | None] = {}
         self._c_hash: dict[bytes, dict[bytes, bytes]] = {}
-        self._c_names: dict[bytes, list[bytes]] = {}
+        self._c_listing: dict[bytes, list[tuple[bytes, int, int]]] = {}
         self._c_field: dict[tuple[bytes, bytes], bytes | None] = {}
         self._c_list: dict[bytes, bytes] = {}
         self._c_size = 0
+        # Inodes and slices numbered from these on did not exist when the store opened: their
+        # keys hold exactly what this store wrote, all of it in the cache. A cache that starts
+        # over forgets that (the thresholds move out of reach).
+        self._fresh_inode = self._fresh_slice = _NEVER
+
+    @_reads
+    def _init_fresh(self) -> None:
+        inode, chunk = self._client.mget([b"nextinode", b"nextchunk"])
+        self._fresh_inode = int(inode) + 1 if inode is not None else 2
+        self._fresh_slice = int(chunk) + 1 if chunk is not None else 1
+        if self._client.exists(codec.SETTING) == 0:
+            self._fresh_inode, self._fresh_slice = 2, 1  # an empty database: nothing exists
+
+    def _fresh(self, inode: int) -> bool:
+        return self._fresh_inode <= inode < MIN_INTERNAL_INODE
+
+    def _fresh_key(self, key: bytes) -> bool:
+        """Whether ``key`` belongs to an inode created since the store opened."""
+        if key[:1] in (b"i", b"d", b"p", b"s", b"x"):
+            digits = key[1:]
+            return digits.isdigit() and self._fresh(int(digits))
+        if key[:1] == b"c":
+            m = codec.CHUNK_KEY.fullmatch(key)
+            return m is not None and self._fresh(int(m.group(1)))
+        return False
+
+    def _fresh_field(self, key: bytes, field: bytes) -> bool:
+        if key == codec.SLICE_REFS:
+            m = codec.SLICE_FIELD.fullmatch(field)
+            return m is not None and int(m.group(1)) >= self._fresh_slice
+        if key in codec.DIR_STATS:
+            return field.isdigit() and self._fresh(int(field))
+        return self._fresh_key(key)
 
     def _grow(self, n: int = 1) -> None:
         self._c_size += n
@@ -314,42 +402,55 @@ class RedisMetaStore(MetaStore):
     def _absorb(self, txn: RedisTxn) -> None:
         """Fold a committed transaction into the cache."""
         self._c_str.update(txn._str)
-        self._grow(len(txn._str))
         for key in txn._cleared:
             self._c_hash[key] = {}
-            self._c_names.pop(key, None)
+            self._c_listing.pop(key, None)
         for key, delta in txn._hash.items():
             cached = self._c_hash.get(key)
-            names = self._c_names.get(key)
+            if cached is None and self._fresh_key(key):
+                cached = self._c_hash[key] = {}
+            self._c_listing.pop(key, None)
+            if cached is None:
+                continue
             for field, value in delta.items():
                 if value is None:
-                    if cached is not None and cached.pop(field, None) is not None and names:
-                        i = _bisect_index(names, field)
-                        if i is not None:
-                            del names[i]
-                elif cached is not None:
-                    if field not in cached and names is not None:
-                        _insort(names, field)
+                    cached.pop(field, None)
+                else:
                     cached[field] = value
         self._c_field.update(txn._field)
-        self._grow(len(txn._field))
         for kf in txn._incr:
             self._c_field.pop(kf, None)
         for key, (_before, now) in txn._list.items():
             self._c_list[key] = now
-        self._grow(len(txn._list))
+        self._grow(len(txn._str) + len(txn._hash) + len(txn._field) + len(txn._list))
 
-    @_io
+    def _cached_listing(self, key: bytes) -> list[tuple[bytes, int, int]]:
+        """``(name, inode, type)`` of a directory's entries, sorted by name."""
+        listing = self._c_listing.get(key)
+        if listing is None:
+            listing = sorted(
+                (name, *codec.unpack_entry(raw)) for name, raw in self._cached_hash(key).items()
+            )
+            self._c_listing[key] = listing
+        return listing
+
+    def _field_is_known(self, key: bytes, field: bytes) -> bool:
+        return (key, field) in self._c_field or self._fresh_field(key, field)
+
     def _cached_str(self, key: bytes) -> bytes | None:
         try:
             return self._c_str[key]
         except KeyError:
-            value = self._client.get(key)
+            value = None if self._fresh_key(key) else self._server_get(key)
             self._c_str[key] = value
             self._grow()
             return value
 
-    @_io
+    @_reads
+    def _server_get(self, key: bytes) -> bytes | None:
+        return self._client.get(key)
+
+    @_reads
     def _prefetch_strs(self, keys: list[bytes]) -> None:
         missing = [k for k in keys if k not in self._c_str]
         for i in range(0, len(missing), _BATCH):
@@ -357,52 +458,59 @@ class RedisMetaStore(MetaStore):
             self._c_str.update(zip(batch, self._client.mget(batch)))
             self._grow(len(batch))
 
-    @_io
     def _cached_hash(self, key: bytes) -> dict[bytes, bytes]:
         try:
             return self._c_hash[key]
         except KeyError:
-            value = self._client.hgetall(key)
+            value = {} if self._fresh_key(key) else self._server_hgetall(key)
             self._c_hash[key] = value
             self._grow(1 + len(value))
             return value
 
-    def _sorted_names(self, key: bytes) -> list[bytes]:
-        names = self._c_names.get(key)
-        if names is None:
-            names = self._c_names[key] = sorted(self._cached_hash(key))
-        return names
+    @_reads
+    def _server_hgetall(self, key: bytes) -> dict[bytes, bytes]:
+        return self._client.hgetall(key)
 
-    def _field_is_cached(self, key: bytes, field: bytes) -> bool:
-        return (key, field) in self._c_field
-
-    @_io
     def _cached_field(self, key: bytes, field: bytes) -> bytes | None:
         try:
             return self._c_field[(key, field)]
         except KeyError:
-            value = self._client.hget(key, field)
+            value = None if self._fresh_field(key, field) else self._server_hget(key, field)
             self._c_field[(key, field)] = value
             self._grow()
             return value
 
-    @_io
+    @_reads
+    def _server_hget(self, key: bytes, field: bytes) -> bytes | None:
+        return self._client.hget(key, field)
+
+    @_reads
     def _hash_fields(self, key: bytes) -> list[bytes]:
         return self._client.hkeys(key)
 
-    @_io
     def _cached_list(self, key: bytes) -> bytes:
         try:
             return self._c_list[key]
         except KeyError:
-            value = b"".join(self._client.lrange(key, 0, -1))
+            value = b"" if self._fresh_key(key) else self._server_list(key)
             self._c_list[key] = value
             self._grow()
             return value
 
-    @_io
+    @_reads
+    def _server_list(self, key: bytes) -> bytes:
+        return b"".join(self._client.lrange(key, 0, -1))
+
     def _prefetch_lists(self, keys: list[bytes]) -> None:
         missing = [k for k in keys if k not in self._c_list]
+        for key in [k for k in missing if self._fresh_key(k)]:
+            self._c_list[key] = b""
+        missing = [k for k in missing if k not in self._c_list]
+        if missing:
+            self._prefetch_server_lists(missing)
+
+    @_reads
+    def _prefetch_server_lists(self, missing: list[bytes]) -> None:
         for i in range(0, len(missing), _BATCH):
             batch = missing[i : i + _BATCH]
             pipe = self._client.pipeline(transaction=False)
@@ -412,7 +520,7 @@ class RedisMetaStore(MetaStore):
                 self._c_list[key] = b"".join(items)
             self._grow(len(batch))
 
-    @_io
+    @_reads
     def _scan_keys(self, pattern: bytes, regex: Any) -> list[bytes]:
         return [
             key
@@ -427,34 +535,25 @@ class RedisMetaStore(MetaStore):
         keys = self._scan_keys(b"c%d_*" % inode, codec.CHUNK_KEY)
         return [int(codec.CHUNK_KEY.fullmatch(k).group(2)) for k in keys]  # type: ignore[union-attr]
 
-    @_io
+    @_reads
     def _dbsize(self) -> int:
         return int(self._client.dbsize())
 
     # ---- sustained inodes: session{sid} sets, and their order in a sorted set of our own
-    @_io
+    @_reads
     def _sustained(self) -> list[tuple[int, int]]:
         members = self._client.zrange(codec.SUSTAINED_ORDER, 0, -1)
         pairs = [tuple(int(x) for x in m.split(b":")) for m in members]
         return sorted(pairs, key=lambda p: p[0])  # type: ignore[misc]
 
-    def _sustained_changes(self, pipe: Any, wanted: list[tuple[int, int]]) -> None:
-        current = self._sustained()
-        for sid, ino in current:
-            if (sid, ino) not in wanted:
-                pipe.srem(codec.session_key(sid), ino)
-                pipe.zrem(codec.SUSTAINED_ORDER, b"%d:%d" % (sid, ino))
+    @_reads
+    def _next_sustained_score(self) -> int:
         scores = self._client.zrange(codec.SUSTAINED_ORDER, -1, -1, withscores=True)
-        next_score = int(scores[0][1]) + 1 if scores else 1
-        for sid, ino in wanted:
-            if (sid, ino) not in current:
-                pipe.sadd(codec.session_key(sid), ino)
-                pipe.zadd(codec.SUSTAINED_ORDER, {b"%d:%d" % (sid, ino): next_score})
-                next_score += 1
+        return int(scores[0][1]) + 1 if scores else 1
 
     # ------------------------------------------------------------------ snapshots
 
-    @_io
+    @_reads
     def snapshot(self, dest: str | Path) -> int:
         """``SAVE`` (under the store's lock: no transaction is running) and copy the RDB to
         ``dest``, fsynced and renamed into place. A read-only store copies the RDB it loaded."""
@@ -464,6 +563,7 @@ class RedisMetaStore(MetaStore):
             check_not_nested(self)
             self._check_usable()
             if not self._read_only:
+                self._flush()
                 self._client.save()
             try:
                 shutil.copyfile(self._meta_dir / INDEX_FILENAME, part)
@@ -482,8 +582,9 @@ class RedisMetaStore(MetaStore):
             try:
                 if not self._read_only and self._broken is None and self._server.alive():
                     try:
+                        self._flush()
                         self._client.save()
-                    except redis.RedisError:
+                    except (redis.RedisError, MetaStoreError):
                         pass  # the server is going away; its data was not committed anyway
             finally:
                 self._client.close()
@@ -498,6 +599,70 @@ class RedisMetaStore(MetaStore):
 # --------------------------------------------------------------------------- helpers
 
 
+def _merge(pending: RedisTxn, txn: RedisTxn) -> None:
+    """Fold a committed transaction into the writes not yet sent (later writes win)."""
+    pending._str.update(txn._str)
+    for key in txn._cleared:
+        pending._cleared.add(key)
+        pending._hash.pop(key, None)
+    for key, delta in txn._hash.items():
+        pending._hash.setdefault(key, {}).update(delta)
+    for kf, value in txn._field.items():
+        pending._field[kf] = value
+        pending._incr.pop(kf, None)
+    for kf, delta in txn._incr.items():
+        if kf in pending._field:
+            pending._field[kf] = str(int(pending._field[kf] or 0) + delta).encode()
+        else:
+            pending._incr[kf] = pending._incr.get(kf, 0) + delta
+    for key, (before, now) in txn._list.items():
+        first = pending._list[key][0] if key in pending._list else before
+        pending._list[key] = (first, now)
+
+
+def _emit(pipe: Any, writes: RedisTxn) -> None:
+    """The commands that apply ``writes`` (deletions first, so later sets survive them)."""
+    dels = [k for k, v in writes._str.items() if v is None]
+    dels.extend(writes._cleared)
+    if dels:
+        pipe.delete(*dels)
+    sets = {k: v for k, v in writes._str.items() if v is not None}
+    if sets:
+        pipe.mset(sets)
+    for key, delta in writes._hash.items():
+        _hash_changes(pipe, key, delta)
+    by_key: dict[bytes, dict[bytes, bytes | None]] = {}
+    for (key, field), value in writes._field.items():
+        by_key.setdefault(key, {})[field] = value
+    for key, delta in by_key.items():
+        _hash_changes(pipe, key, delta)
+    for (key, field), delta in writes._incr.items():
+        pipe.hincrby(key, field, delta)
+    for key, (before, now) in writes._list.items():
+        if now == before:
+            continue
+        if before and now.startswith(before):
+            pipe.rpush(key, *_records(now[len(before) :]))
+            continue
+        pipe.delete(key)
+        if now:
+            pipe.rpush(key, *_records(now))
+
+
+def _sustained_changes(
+    pipe: Any, current: list[tuple[int, int]], wanted: list[tuple[int, int]], next_score: int
+) -> None:
+    for sid, ino in current:
+        if (sid, ino) not in wanted:
+            pipe.srem(codec.session_key(sid), ino)
+            pipe.zrem(codec.SUSTAINED_ORDER, b"%d:%d" % (sid, ino))
+    for sid, ino in wanted:
+        if (sid, ino) not in current:
+            pipe.sadd(codec.session_key(sid), ino)
+            pipe.zadd(codec.SUSTAINED_ORDER, {b"%d:%d" % (sid, ino): next_score})
+            next_score += 1
+
+
 def _hash_changes(pipe: Any, key: bytes, delta: dict[bytes, bytes | None]) -> None:
     sets = {f: v for f, v in delta.items() if v is not None}
     dels = [f for f, v in delta.items() if v is None]
@@ -509,19 +674,6 @@ def _hash_changes(pipe: Any, key: bytes, delta: dict[bytes, bytes | None]) -> No
 
 def _records(blob: bytes) -> list[bytes]:
     return [blob[i : i + SLICE_RECORD_SIZE] for i in range(0, len(blob), SLICE_RECORD_SIZE)]
-
-
-def _bisect_index(names: list[bytes], name: bytes) -> int | None:
-    import bisect
-
-    i = bisect.bisect_left(names, name)
-    return i if i < len(names) and names[i] == name else None
-
-
-def _insort(names: list[bytes], name: bytes) -> None:
-    import bisect
-
-    bisect.insort(names, name)
 
 
 def _check_rdb_file(path: Path) -> None:

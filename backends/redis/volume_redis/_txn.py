@@ -56,6 +56,7 @@ class RedisTxn(MetaTxn):
         self._incr: dict[tuple[bytes, bytes], int] = {}  # increments of fields never read
         self._list: dict[bytes, tuple[bytes, bytes]] = {}  # chunk key -> (before, now)
         self._sustained: list[tuple[int, int]] | None = None  # the whole list once changed
+        self._links: dict[int, dict[int, int]] = {}  # non-directory inode -> parent -> delta
 
     # ------------------------------------------------------------------ begin / end
 
@@ -74,7 +75,7 @@ class RedisTxn(MetaTxn):
     def changed(self) -> bool:
         return bool(
             self._str or self._hash or self._cleared or self._field or self._incr or self._list
-            or self._sustained is not None
+            or self._sustained is not None or self._links
         )  # fmt: skip
 
     # ------------------------------------------------------------------ overlay reads
@@ -125,7 +126,7 @@ class RedisTxn(MetaTxn):
         kf = (key, field)
         if kf in self._field:
             self._field[kf] = str(int(self._field[kf] or 0) + delta).encode()
-        elif self._s._field_is_cached(key, field):
+        elif self._s._field_is_known(key, field):
             self._field[kf] = str(int(self._s._cached_field(key, field) or 0) + delta).encode()
         else:
             self._incr[kf] = self._incr.get(kf, 0) + delta
@@ -172,8 +173,9 @@ class RedisTxn(MetaTxn):
     @_writes
     def add_entry(self, parent: int, name: bytes, inode: int, type: int) -> None:
         self._set_hash_field(codec.entry_key(parent), name, codec.pack_entry(type, inode))
-        if type != TYPE_DIRECTORY:  # hard-link parents: p{inode} parent -> count
-            self._incr_field(codec.parent_key(inode), b"%d" % parent, 1)
+        if type != TYPE_DIRECTORY:  # p{inode} is settled at commit (see _store._settle_links)
+            links = self._links.setdefault(inode, {})
+            links[parent] = links.get(parent, 0) + 1
 
     @_writes
     def remove_entry(self, parent: int, name: bytes) -> None:
@@ -184,42 +186,44 @@ class RedisTxn(MetaTxn):
         self._set_hash_field(key, name, None)
         inode, type_ = codec.unpack_entry(raw)
         if type_ != TYPE_DIRECTORY:
-            pkey, field = codec.parent_key(inode), b"%d" % parent
-            count = int(self._get_field(pkey, field) or 0) - 1
-            self._field[(pkey, field)] = None if count <= 0 else str(count).encode()
-
-    def _sorted_names(self, parent: int) -> list[bytes]:
-        key = codec.entry_key(parent)
-        if key in self._hash or key in self._cleared:
-            return sorted(self._get_hash(key))
-        return self._s._sorted_names(key)
+            links = self._links.setdefault(inode, {})
+            links[parent] = links.get(parent, 0) - 1
 
     def list_entries(
         self, parent: int, after: bytes | None = None, limit: int | None = None
     ) -> list[tuple[bytes, int, int]]:
-        names = self._sorted_names(parent)
-        start = 0 if after is None else bisect.bisect_right(names, after)
-        stop = len(names) if limit is None else min(len(names), start + max(limit, 0))
         key = codec.entry_key(parent)
-        out = []
-        for name in names[start:stop]:
-            inode, type_ = codec.unpack_entry(self._get_hash_field(key, name))  # type: ignore[arg-type]
-            out.append((name, inode, type_))
-        return out
+        if key in self._hash or key in self._cleared:
+            listing = sorted(
+                (name, *codec.unpack_entry(raw)) for name, raw in self._get_hash(key).items()
+            )
+        else:
+            listing = self._s._cached_listing(key)
+        start = 0 if after is None else bisect.bisect_right(listing, after, key=_name)
+        stop = len(listing) if limit is None else min(len(listing), start + max(limit, 0))
+        return listing[start:stop]
 
     def has_entries(self, parent: int) -> bool:
         return bool(self._get_hash(codec.entry_key(parent)))
 
     def entry_parents(self, inode: int) -> list[tuple[int, bytes]]:
+        """Entries naming ``inode``, found in the directories that may hold one: its attr's
+        parent, the parents in ``p{inode}`` (hard links) and those of unsettled links; every
+        directory when none is known (entries of an inode that has no attr)."""
+        attr = self.get_attr(inode)
         pkey = codec.parent_key(inode)
-        fields = set(self._s._hash_fields(pkey))
-        fields.update(f for k, f in self._field if k == pkey)
-        fields.update(f for k, f in self._incr if k == pkey)
+        candidates = set(self._links.get(inode, ())) | set(self._s._orphan_links.get(inode, ()))
+        if attr is not None and attr.parent:
+            candidates.add(attr.parent)
+        fields = set(self._s._hash_fields(pkey)) | {f for k, f in self._field if k == pkey}
+        candidates.update(int(f) for f in fields if int(self._get_field(pkey, f) or 0) > 0)
+        if attr is None and not candidates:
+            candidates = set(self._s._scan_ints(b"d*", codec.ENTRY_KEY))
+            candidates.update(
+                int(m.group(1)) for key in self._hash if (m := codec.ENTRY_KEY.fullmatch(key))
+            )
         out = []
-        for field in sorted(fields, key=int):
-            if int(self._get_field(pkey, field) or 0) <= 0:
-                continue
-            parent = int(field)
+        for parent in sorted(candidates):
             for name, raw in self._get_hash(codec.entry_key(parent)).items():
                 if codec.unpack_entry(raw)[0] == inode:
                     out.append((parent, name))
@@ -398,6 +402,10 @@ class RedisTxn(MetaTxn):
         if all(v is None for v in values):
             return None
         return tuple(int(v or 0) for v in values)  # type: ignore[return-value]
+
+
+def _name(entry: tuple[bytes, int, int]) -> bytes:
+    return entry[0]
 
 
 def check_not_nested(store: RedisMetaStore) -> None:
