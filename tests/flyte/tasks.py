@@ -109,6 +109,20 @@ async def pass_through(volume: ROVolume) -> ROVolume:
     return volume
 
 
+@flyte.trace
+async def start_volume(name: str) -> RWVolume:
+    rw = Volume.new(name).mount(transport="none")
+    rw.fs.pipe_file("/from-trace.txt", b"trace\n")
+    return rw  # recorded by the trace, not finalized: the task goes on writing
+
+
+@env.task
+async def trace_then_write() -> RWVolume:
+    rw = await start_volume("traced-volume")
+    rw.fs.pipe_file("/from-task.txt", b"task\n")
+    return rw
+
+
 # --------------------------------------------------------------------------- inputs
 
 

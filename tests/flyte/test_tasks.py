@@ -117,6 +117,14 @@ def test_a_version_made_elsewhere_passes_through_unchanged(run_local, tmp_path):
     assert type(back) is ROVolume and back.model_dump() == version.model_dump()
 
 
+def test_a_working_copy_returned_by_a_trace_stays_mounted_until_the_task_returns(
+    run_local, volumes_bucket
+):
+    version = run_local(tasks.trace_then_write)
+    assert read_all(version) == {"/from-trace.txt": b"trace\n", "/from-task.txt": b"task\n"}
+    assert len(versions(volumes_bucket)) == 1
+
+
 def test_a_working_copy_declared_by_the_caller_is_filled_and_finalized(run_local):
     filled = run_local(tasks.declare_then_fill)
     assert type(filled) is ROVolume

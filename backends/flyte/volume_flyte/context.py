@@ -22,7 +22,7 @@ from volume.model import ActionRef
 
 from .errors import VolumeNoDefaultBucket
 
-__all__ = ["FlyteContext", "raw_data_root", "task_context", "output_name"]
+__all__ = ["FlyteContext", "raw_data_root", "task_context", "output_name", "recording_in_task"]
 
 # the scratch segment of a run's raw data path in hybrid runs: <base>/rd/<id>
 _SCRATCH = "rd"
@@ -43,6 +43,12 @@ def output_name() -> Optional[str]:
     convert = sys.modules.get("flyte._internal.runtime.convert")
     current = getattr(convert, "current_output_name", None)
     return current() if current is not None else None
+
+
+def recording_in_task() -> bool:
+    """Whether Flyte is converting values inside a running task for its own records (a
+    ``@flyte.trace`` call's result, a sub-task's inputs), not as the task's own outputs."""
+    return bool(getattr(task_context(), "in_driver_literal_conversion", False))
 
 
 def _init_config() -> Any:

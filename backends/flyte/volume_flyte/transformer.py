@@ -13,7 +13,8 @@ Task outputs (while Flyte converts a task's return value):
 * ``produced_by.output_name`` is filled in when empty and ``produced_by`` is this task's action.
 
 Task inputs are documents as they are: a working copy must not be mounted (its unpublished
-writes could not reach the task). A declared ``ROVolume`` never receives an ``RWVolume`` or the
+writes could not reach the task). A ``@flyte.trace`` call's result is recorded as it stands (not
+finalized: the call returns the live handle to the task). A declared ``ROVolume`` never receives an ``RWVolume`` or the
 reverse; both are :class:`~volume_flyte.errors.VolumeTypeMismatch`.
 """
 
@@ -96,6 +97,11 @@ class VolumeTransformer(TypeTransformer[Volume]):
         output = context.output_name()
         if output is None:
             value = _as_input(python_val, python_type)
+        elif context.recording_in_task():
+            # the result of a @flyte.trace call, recorded as it stands: the call returns the live
+            # handle to the task, and the task's own return is where a working copy is finalized
+            _check_declared(python_val, python_type, output)
+            value = python_val
         else:
             value = await _as_output(python_val, python_type, output)
         document = json.loads(value.model_dump_json())
