@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import os
+
 import pytest
 
 from volume.testing import ObjectStoreTests
@@ -18,3 +21,13 @@ class TestAzureObjectStore(ObjectStoreTests):
         store = AzureObjectStore.from_uri(f"abfss://{AZURE_CONTAINER}/{unique_prefix}/root")
         yield store
         store.close()
+
+    @pytest.fixture
+    def store_factory(self, store, azure_env):
+        # the race's processes may come from a fork server started before this test's env
+        return functools.partial(_open_with_env, dict(azure_env.env), store.uri)
+
+
+def _open_with_env(env: dict[str, str], uri: str) -> AzureObjectStore:
+    os.environ.update(env)
+    return AzureObjectStore.from_uri(uri)
