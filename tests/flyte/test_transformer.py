@@ -15,7 +15,7 @@ flyte = pytest.importorskip("flyte")
 import msgpack  # noqa: E402
 from flyte.models import PathRewrite  # noqa: E402
 from flyte.types import TypeEngine  # noqa: E402
-from flyteidl2.core.literals_pb2 import Literal, Scalar  # noqa: E402
+from flyteidl2.core.literals_pb2 import Binary, Literal, Scalar  # noqa: E402
 from flyteidl2.core.types_pb2 import SimpleType  # noqa: E402
 from google.protobuf import struct_pb2  # noqa: E402
 
@@ -111,6 +111,10 @@ def test_documents_from_elsewhere_are_read(tmp_path):
     struct = struct_pb2.Struct()
     struct.update(document)  # what a UI or another SDK may send: a generic struct
     back = to_python(Literal(scalar=Scalar(generic=struct)), ROVolume)
+    assert back.model_dump() == version(tmp_path).model_dump()
+    # or the JSON text itself in a binary scalar
+    binary = Binary(value=version(tmp_path).model_dump_json().encode(), tag="json")
+    back = to_python(Literal(scalar=Scalar(binary=binary)), ROVolume)
     assert back.model_dump() == version(tmp_path).model_dump()
     # a dict where a volume is declared is parsed as the declared class
     literal = to_literal({"name": "from-a-dict", "bucket": str(tmp_path)}, RWVolume)
