@@ -185,6 +185,14 @@ def test_bucket_cannot_be_derived_without_project_and_domain(run_local):
     assert raised(info.value, VolumeNoDefaultBucket), repr(info.value)
 
 
+def test_the_default_local_raw_data_path_loses_its_run_name():
+    flyte.init(project=PROJECT, domain=DOMAIN)
+    run = flyte.with_runcontext(mode="local").run(tasks.default_bucket)  # the SDK's own path
+    bucket = tuple(run.outputs())[0]
+    root, _, rest = bucket.rpartition(f"/{PROJECT}/{DOMAIN}/")
+    assert rest == "volumes" and root.endswith("/raw_data")  # <root>/<run name> -> <root>
+
+
 def test_outside_a_task_the_bucket_is_the_environment_one(run_local, monkeypatch, tmp_path):
     run_local(tasks.default_bucket)  # flyte is imported and initialized, no task is running
     with pytest.raises(VolumeUsageError, match="UNION_VOLUME_BUCKET"):
