@@ -203,6 +203,7 @@ def run_program(program: list[list[tuple]]) -> None:
         for path in NAMES:
             assert fs.read_bytes(path) == bytes(world.models[world.names[path]]), path
         engine.drain(timeout=STALL_S)
+        assert engine.blocks.pending_bytes == engine.blocks.buffered_bytes == 0
         assert check_metadata(meta) == []
         engine.close()
         meta.close()

@@ -96,6 +96,7 @@ class BlockStore:
         self._max_pending = max(max_pending_bytes, block_bytes)
         self._pending: dict[str, bytes] = {}
         self._pending_bytes = 0
+        self._buffered_bytes = 0  # in write buffers, not handed over yet
         self._inflight_uploads = 0
         self._failed: dict[str, BaseException] = {}
         self._last_retry = 0.0
@@ -160,7 +161,10 @@ class BlockStore:
         timeout = self._wait_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._pending_bytes and self._pending_bytes + len(data) > self._max_pending:
+            while (
+                self._pending_bytes
+                and self._pending_bytes + self._buffered_bytes + len(data) > self._max_pending
+            ):  # waits at most until every upload handed over so far is done
                 self._retry_failed_locked()
                 remaining = RETRY_INTERVAL
                 if deadline is not None:
@@ -292,6 +296,17 @@ class BlockStore:
                     f"was published and the data is still held in memory; fix the object store "
                     f"and commit again"
                 )
+
+    def buffered(self, delta: int) -> None:
+        """Account ``delta`` bytes more (or fewer) held in write buffers not yet handed over:
+        they count against the bound a writer waits on in :meth:`upload`."""
+        with self._cond:
+            self._buffered_bytes += delta
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes in write buffers not yet handed over."""
+        return self._buffered_bytes
 
     @property
     def pending_bytes(self) -> int:

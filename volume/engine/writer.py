@@ -57,23 +57,33 @@ class SliceWriter:
                 # ones, often random, must not pay for a whole block each
                 big = len(view) - done >= PREALLOCATE_FROM
                 self.buf = self.blocks.block_buffer() if big else bytearray()
+                self.blocks.buffered(len(self.buf))
             n = min(len(view) - done, bs - rel)
+            held = len(self.buf)
             self.buf[rel : rel + n] = view[done : done + n]
+            if len(self.buf) != held:
+                self.blocks.buffered(len(self.buf) - held)
             rel += n
             done += n
             self.fill = max(self.fill, rel)
             self.length = max(self.length, self.frozen + self.fill)
             if self.fill == bs:
                 self.blocks.upload(self.id, self.frozen // bs, self.buf)
+                self.blocks.buffered(-len(self.buf))
                 self.buf, self.fill, rel = None, 0, 0
                 self.frozen += bs
 
     def finish(self) -> SliceRecord:
         """Hand over the tail and return the record that publishes this slice."""
         if self.buf is not None and self.fill:
+            held = len(self.buf)
             del self.buf[self.fill :]
+            self.blocks.buffered(self.fill - held)
             self.blocks.upload(self.id, self.frozen // self.blocks.block_bytes, self.buf)
+            self.blocks.buffered(-self.fill)
             self.frozen += self.fill
+        elif self.buf is not None:
+            self.blocks.buffered(-len(self.buf))
         self.buf, self.fill = None, 0
         return SliceRecord(self.pos, self.id, self.length, 0, self.length)
 
