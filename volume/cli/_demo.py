@@ -166,16 +166,32 @@ def demo_cmd(bucket: str, name: str | None) -> int:
               help="Threads, each on its own files.")
 @click.option("--block-size", type=int, default=1, show_default=True, metavar="MB",
               help="Size of each I/O.")
+@click.option("--meta", is_flag=True,
+              help="Run the metadata workload instead: untar a generated tree, find, ls -lR, "
+                   "du -s, read every file, cp -a, rm -rf.")
+@click.option("--files", type=int, default=15_000, show_default=True, metavar="N",
+              help="Files in the --meta tree (its tarball is built once and cached).")
+@click.option("--server-pid", type=int, default=None, metavar="PID",
+              help="Process serving the file system: report its CPU seconds per phase.")
 @common
-@examples("volume bench ~/volumes/data", "volume bench /mnt/x --big-file-size 64 -p 4 --json")
+@examples("volume bench ~/volumes/data", "volume bench /mnt/x --big-file-size 64 -p 4 --json",
+          "volume bench /mnt/x/empty --meta --server-pid 1234")
 def bench_cmd(path: str, big_file_size: int, small_file_size: int, small_file_count: int,
-              threads: int, block_size: int) -> int:  # fmt: skip
-    """Measure the file system holding a directory as `juicefs bench` does."""
+              threads: int, block_size: int, meta: bool, files: int,
+              server_pid: int | None) -> int:  # fmt: skip
+    """Measure the file system holding an empty directory as `juicefs bench` does."""
     from ..bench import run_bench
 
+    if meta:
+        from ..benchmeta import run_meta_bench
+
+        found = run_meta_bench(path, files=files, server_pid=server_pid)
+        emit(found.as_dict(), found.summary())
+        return 0
     result = run_bench(
         path, big_file_mb=big_file_size, small_file_kb=small_file_size,
         small_files=small_file_count, threads=threads, block_size_mb=block_size,
+        server_pid=server_pid,
     )  # fmt: skip
     emit(result.as_dict(), result.summary())
     return 0
