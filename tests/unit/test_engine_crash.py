@@ -9,6 +9,7 @@ hundred files; ``-m slow`` after 10,000.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import signal
@@ -130,3 +131,21 @@ def test_fsynced_files_survive_sigkill_long(tmp_path: Path) -> None:
 
 if __name__ == "__main__":
     _child(Path(sys.argv[1]), int(sys.argv[2]))
+
+
+def test_a_full_metadata_disk_answers_enospc_and_publishes_nothing_half_done(tmp_path: Path):
+    meta, engine = open_engine(tmp_path)
+    fs = PathFS(engine)
+    fs.write_bytes("/kept", b"k" * 5000)
+    pages = meta._conn.execute("PRAGMA page_count").fetchone()[0]
+    meta._conn.execute(f"PRAGMA max_page_count = {pages + 2}")  # SQLite's own "disk is full"
+    with pytest.raises(OSError) as info:
+        for i in range(10_000):
+            fs.write_bytes(f"/f{i:05d}-{'x' * 200}", b"")
+    assert info.value.errno == errno.ENOSPC
+    assert fs.read_bytes("/kept") == b"k" * 5000
+    assert check_metadata(meta) == []
+    meta._conn.execute("PRAGMA max_page_count = 1073741823")
+    fs.write_bytes("/after", b"a")  # space again: changes go on
+    engine.close()
+    meta.close()

@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
-from ..errors import VolumeCommitError, VolumeMountError
+from ..errors import MetaStoreError, VolumeCommitError, VolumeMountError
 from ..juicefs import (
     COUNTER_NEXT_CHUNK,
     COUNTER_NEXT_INODE,
@@ -49,6 +49,18 @@ INODE_BATCH = 1024
 SLICE_BATCH = 4096
 
 T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def _enospc() -> Iterator[None]:
+    """A metadata store that ran out of disk space (its error carries ``errno`` ENOSPC) fails
+    the change with ``OSError(ENOSPC)``, which the writer sees; its transaction was rolled back."""
+    try:
+        yield
+    except MetaStoreError as exc:
+        if getattr(exc, "errno", None) == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, str(exc)) from exc
+        raise
 
 
 class Engine(NamespaceOps, FileOps, RangeOps):
@@ -147,7 +159,7 @@ class Engine(NamespaceOps, FileOps, RangeOps):
         returned)."""
         if self.read_only:
             raise fs_error(errno.EROFS)
-        with self.meta.transaction(write=True) as tx:
+        with _enospc(), self.meta.transaction(write=True) as tx:
             if self._frozen:
                 raise fs_error(errno.EROFS)
             self.modified = True
@@ -159,7 +171,7 @@ class Engine(NamespaceOps, FileOps, RangeOps):
         compaction, the deletion of an inode whose last handle went); allowed while frozen."""
         if self.read_only:
             raise fs_error(errno.EROFS)
-        with self.meta.transaction(write=True) as tx:
+        with _enospc(), self.meta.transaction(write=True) as tx:
             self.modified = True
             yield tx
 

@@ -11,6 +11,8 @@ columns are read through ``CAST(... AS BLOB)`` because the client's append path 
 
 from __future__ import annotations
 
+import errno
+
 import functools
 import sqlite3
 import threading
@@ -161,6 +163,7 @@ def _row_from_attr(inode: int, attr: Attr) -> tuple[int, ...]:
 # primary result codes of the SQLite C API that mean the file itself is damaged
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
+_SQLITE_FULL = 13
 
 
 def translate_error(exc: sqlite3.Error, db_path: object) -> MetaStoreError:
@@ -171,6 +174,13 @@ def translate_error(exc: sqlite3.Error, db_path: object) -> MetaStoreError:
             f"the metadata database {db_path} is damaged or not a SQLite database ({exc}); "
             f"restore the volume's index again"
         )
+    if code == _SQLITE_FULL:
+        error = MetaStoreError(
+            f"the disk holding the metadata database {db_path} is full ({exc}); the change was "
+            f"rolled back; free space and retry"
+        )
+        error.errno = errno.ENOSPC  # type: ignore[attr-defined]  # the engine answers ENOSPC
+        return error
     return MetaStoreError(f"the metadata database {db_path} failed: {exc}")
 
 
