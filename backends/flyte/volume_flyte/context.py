@@ -38,6 +38,11 @@ def task_context() -> Any:
     return tctx if tctx else None  # outside a task flyte.ctx() is a falsy null context
 
 
+def _action_id(tctx: Any) -> Any:
+    """The running task's ActionID (``task_action`` stays the task's inside ``@flyte.trace``)."""
+    return getattr(tctx, "task_action", None) or tctx.action
+
+
 def output_name() -> Optional[str]:
     """The task output being converted right now (``"o0"``, ...), or None."""
     convert = sys.modules.get("flyte._internal.runtime.convert")
@@ -59,7 +64,7 @@ def _init_config() -> Any:
 
 def _scope(tctx: Any) -> tuple[Optional[str], Optional[str], Optional[str]]:
     """(project, domain, org) of the run: the action's, else what ``flyte.init`` was given."""
-    act = tctx.task_action or tctx.action
+    act = _action_id(tctx)
     cfg = _init_config()
     return (
         act.project or getattr(cfg, "project", None),
@@ -103,7 +108,7 @@ class FlyteContext:
         tctx = task_context()
         if tctx is None:
             return None
-        act = tctx.task_action or tctx.action
+        act = _action_id(tctx)
         project, domain, org = _scope(tctx)
         return ActionRef(
             name=act.name,
@@ -119,7 +124,7 @@ class FlyteContext:
         tctx = task_context()
         if tctx is None:
             return None
-        act = tctx.task_action or tctx.action
+        act = _action_id(tctx)
         project, domain, _ = _scope(tctx)
         missing = [what for what, value in (("project", project), ("domain", domain)) if not value]
         raw = tctx.raw_data_path

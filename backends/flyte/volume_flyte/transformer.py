@@ -39,7 +39,12 @@ from google.protobuf import json_format, struct_pb2
 from volume.model import VOLUME_KIND, ROVolume, RWVolume, Volume
 
 from . import context
-from .errors import VolumeMountedInput, VolumeNothingToFinalize, VolumeTypeMismatch
+from .errors import (
+    VolumeFlyteError,
+    VolumeMountedInput,
+    VolumeNothingToFinalize,
+    VolumeTypeMismatch,
+)
 
 __all__ = ["VolumeTransformer", "register", "CLASS_KEY", "MSGPACK"]
 
@@ -94,6 +99,11 @@ class VolumeTransformer(TypeTransformer[Volume]):
     ) -> Literal:
         if isinstance(python_val, Mapping):  # a JSON-like input (CLI, API): the declared class
             python_val = _CLASSES[_kind(python_type)].parse(python_val)
+        if not _output_name_known():
+            raise VolumeFlyteError(
+                "this Flyte SDK does not say which task output it is converting, so a returned "
+                "RWVolume cannot be finalized; install flyte>=2.12 (pip install 'volume[flyte]')"
+            )
         output = context.output_name()
         if output is None:
             value = _as_input(python_val, python_type)
@@ -127,6 +137,16 @@ class VolumeTransformer(TypeTransformer[Volume]):
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _output_name_known() -> bool:
+    """Whether this Flyte SDK says which task output it is converting (``current_output_name``;
+    without it a returned working copy cannot be told from an input)."""
+    try:
+        from flyte._internal.runtime import convert
+    except ImportError:
+        return False
+    return callable(getattr(convert, "current_output_name", None))
 
 
 def _check_declared(value: Any, declared: type, output: Optional[str]) -> None:
