@@ -300,6 +300,7 @@ class _Family:
                 self.protected.add(d)
         self.report.protected_domains = sorted(self.protected)
         self.reach = _Reach(self.tmp)
+        loaded: set[str] = set()
         for version, files in sorted(self.versions.items()):
             document = files.get("volume.json")
             index_files = [f for f in files if f != "volume.json"]
@@ -319,6 +320,9 @@ class _Family:
                     if store_cls is None:
                         raise VolumeUsageError(f"no installed store writes {index_files[0]}")
                     self.report.abandoned_indexes.append(index_key)
+                if index_key in loaded:
+                    continue  # a fork point shares its source's index
+                loaded.add(index_key)
                 with _open_index_key(self.objects, index_key, store_cls) as meta:
                     self.block_bytes = meta.load_format().block_bytes
                     self.reach.add_index(meta)
