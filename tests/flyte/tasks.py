@@ -123,6 +123,15 @@ async def trace_then_write() -> RWVolume:
     return rw
 
 
+@env.task
+async def produce_through_fuse(mount_path: str) -> RWVolume:
+    """Write through a kernel mount with ordinary file calls, then return the mounted copy."""
+    rw = Volume.new("kernel-mounted").mount(mount_path=mount_path, transport="fuse")
+    with open(f"{mount_path}/hello.txt", "w") as f:
+        f.write("written through the kernel\n")
+    return rw
+
+
 # --------------------------------------------------------------------------- inputs
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,22 @@ def test_a_fork_returned_unmounted_is_published_as_it_stands(run_local):
     assert fork.produced_by.name == tasks.ACTIONS["return_unmounted_fork"]
     assert read_all(fork) == {"/shards/0.txt": b"zero\n", "/shards/1.txt": b"one\n"}
     assert tasks.ACTIONS["produce"] in [v.produced_by.name for v in walk(fork)]
+
+
+@pytest.mark.fuse
+def test_a_kernel_mounted_working_copy_is_unmounted_and_published(run_local, tmp_path):
+    from volume.mount.fuse import fuse_usable
+
+    usable, why = fuse_usable()
+    if not usable:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true and FUSE is not usable here: {why}")
+        pytest.skip(f"FUSE is not usable here: {why}")
+    mount_path = tmp_path / "mnt"
+    version = run_local(tasks.produce_through_fuse, str(mount_path))
+    assert type(version) is ROVolume
+    assert not os.path.ismount(mount_path)
+    assert read_all(version) == {"/hello.txt": b"written through the kernel\n"}
 
 
 def test_a_version_made_in_the_task_gets_the_output_name(run_local):
