@@ -119,17 +119,40 @@ def render_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 
 
 def cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU seconds process ``pid`` has used so far (all its threads), from
-    ``/proc``; None without a pid or when the process cannot be read."""
+    """User + system CPU seconds process ``pid`` and its descendants have used so far (all
+    threads, and the children it has reaped), from ``/proc``; None without a pid or when the
+    process cannot be read. A server that runs its work in a child process (the JuiceFS client
+    does) is counted whole."""
     if pid is None:
         return None
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
+    stats = _proc_stats()
+    if pid not in stats:
         return None
-    # fields after the command: state is [0]; utime and stime are stat's 14th and 15th
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    for child, (parent, _) in stats.items():
+        children.setdefault(parent, []).append(child)
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        total += stats[current][1]
+        todo += children.get(current, [])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_stats() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, clock ticks of user + system time incl. reaped children)."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        # after the command: state [0], ppid [1]; utime, stime, cutime, cstime [11:15]
+        out[int(entry)] = (int(fields[1]), sum(int(x) for x in fields[11:15]))
+    return out
 
 
 def check_target(path: str | os.PathLike) -> Path:

