@@ -149,3 +149,30 @@ def test_a_full_metadata_disk_answers_enospc_and_publishes_nothing_half_done(tmp
     fs.write_bytes("/after", b"a")  # space again: changes go on
     engine.close()
     meta.close()
+
+
+def test_local_sync_fsyncs_each_ancestor_directory_once(tmp_path: Path, monkeypatch) -> None:
+    store = LocalObjectStore(tmp_path / "bucket")
+    store.put("v/chunks/0/0/1_0_4", b"abcd")
+    synced: list[str] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    store.sync(["v/chunks/0/0/1_0_4"])
+    root = str(tmp_path / "bucket")
+    assert synced == [
+        f"{root}/v/chunks/0/0/1_0_4",
+        f"{root}/v/chunks/0/0",
+        f"{root}/v/chunks/0",
+        f"{root}/v/chunks",
+        f"{root}/v",
+        root,
+    ]
+    synced.clear()
+    store.put("v/chunks/0/0/2_0_4", b"efgh")
+    store.sync(["v/chunks/0/0/2_0_4"])
+    assert synced == [f"{root}/v/chunks/0/0/2_0_4", f"{root}/v/chunks/0/0"]

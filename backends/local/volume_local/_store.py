@@ -80,6 +80,7 @@ class LocalObjectStore(ObjectStore):
         self._prefix = self._root.rstrip("/") + "/"
         self._real_prefix = os.path.realpath(self._root).rstrip("/") + "/"
         self._fsync = fsync
+        self._durable_dirs: set[str] = set()  # directories whose entry :meth:`sync` made durable
 
     @classmethod
     def from_uri(
@@ -178,15 +179,18 @@ class LocalObjectStore(ObjectStore):
                 finally:
                     os.close(fd)
             directories.add(os.path.dirname(path))
-        # the directories up to the root too: one made for these objects must stay named
-        ancestors = set(directories)
+        # the directories up to the root too: one made for these objects must stay named. An
+        # ancestor synced once stays named (directories are never removed), so it is skipped.
+        ancestors = set()
         for directory in directories:
             while directory.startswith(self._prefix):
                 directory = os.path.dirname(directory)
-                ancestors.add(directory)
-        for directory in sorted(ancestors, key=len, reverse=True):  # deepest first
+                if directory not in self._durable_dirs:
+                    ancestors.add(directory)
+        for directory in sorted(directories | ancestors, key=len, reverse=True):  # deepest first
             with self._os_errors("sync", directory[len(self._prefix) :]):
                 _fsync_directory(directory)
+        self._durable_dirs |= directories | ancestors
 
     def get_file(self, key: str, path: str | Path) -> int:
         """Copy the object into the file ``path`` (in the kernel where possible); the file

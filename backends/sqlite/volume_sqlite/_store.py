@@ -75,6 +75,7 @@ class SQLiteMetaStore(MetaStore):
         self._conn = conn
         self._read_only = read_only
         self._lock = threading.RLock()
+        self._synced_db: tuple[int, int] | None = None  # (mtime, size) at the last sync
 
     # ------------------------------------------------------------------ opening
 
@@ -296,13 +297,20 @@ class SQLiteMetaStore(MetaStore):
         if self._read_only:
             return
         with self._lock:
-            for path in (Path(f"{self._db_path}-wal"), self._db_path):
-                try:
-                    _fsync(path)
-                except FileNotFoundError:
-                    pass
-                except OSError as exc:
-                    raise MetaStoreError(f"cannot fsync {path}: {exc.strerror}") from exc
+            try:
+                _fsync(Path(f"{self._db_path}-wal"))
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise MetaStoreError(f"cannot fsync the WAL of {self._db_path}: {exc}") from exc
+            try:
+                info = self._db_path.stat()
+                state = (info.st_mtime_ns, info.st_size)
+                if state != self._synced_db:  # a checkpoint wrote it since the last sync
+                    _fsync(self._db_path)
+                    self._synced_db = state
+            except OSError as exc:
+                raise MetaStoreError(f"cannot fsync {self._db_path}: {exc}") from exc
 
     def close(self) -> None:
         """Close the connection (a writable store checkpoints and removes its WAL file)."""
