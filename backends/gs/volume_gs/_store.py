@@ -95,8 +95,11 @@ class GCSObjectStore(ObjectStore):
 
     @property
     def format_bucket(self) -> str:
-        """The JuiceFS client's ``--bucket`` form for ``--storage gs``: ``gs://<bucket>/``."""
-        return f"gs://{self._bucket}/{self._prefix}"
+        """The JuiceFS client's ``--bucket`` form for ``--storage gs``: ``gs://<bucket>``. JuiceFS
+        ignores a path after the bucket, so it finds our objects only for volumes at the bucket's
+        root; the prefix is kept here for the record."""
+        base = f"gs://{self._bucket}"
+        return f"{base}/{self._prefix}" if self._prefix else base
 
     def _path(self, key: str) -> str:
         validate_key(key)

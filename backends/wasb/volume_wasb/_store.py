@@ -116,8 +116,9 @@ class AzureObjectStore(ObstoreObjectStore):
     @property
     def format_bucket(self) -> str:
         """The JuiceFS client's ``--bucket`` form for ``--storage wasb``:
-        ``https://<container>.<account>.blob.core.windows.net`` style (or the endpoint URL and
-        container for a custom endpoint)."""
-        if self.endpoint:
-            return f"{self.endpoint.rstrip('/')}/{self._bucket}"
-        return f"https://{self._bucket}.{self.account}.blob.core.windows.net"
+        ``https://<container>.blob.core.windows.net``; the client takes the account (and, for
+        Azurite, the endpoint) from ``AZURE_STORAGE_CONNECTION_STRING`` or ``--access-key``. JuiceFS
+        ignores a path after the host, so it finds our objects only for volumes at the
+        container's root; the prefix is kept here for the record."""
+        base = f"https://{self._bucket}.blob.core.windows.net"
+        return f"{base}/{self._prefix}" if self._prefix else base
