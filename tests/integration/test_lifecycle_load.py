@@ -197,3 +197,53 @@ def test_a_mount_busy_past_the_timeout_is_aborted_never_lazily_unmounted(tmp_pat
         if rw.mounted:
             rw.unmount()
         subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True, check=False)
+
+
+def test_commit_and_finalize_honour_timeout_and_leave_the_mount_intact(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A store that stalls block uploads: commit and finalize give up after ``timeout`` with
+    VolumeCommitError, publish nothing, and the kernel mount stays writable; once the store
+    answers again, finalize succeeds with everything."""
+    import threading
+
+    from volume import lifecycle
+    from volume.errors import VolumeCommitError
+    from volume.testing.faults import WrappedObjectStore
+
+    answer = threading.Event()
+    answer.set()
+
+    class Stalling(WrappedObjectStore):
+        def put(self, key, data, *, if_absent=False):
+            if "/chunks/" in key:
+                answer.wait(120)
+            super().put(key, data, if_absent=if_absent)
+
+    real = lifecycle.object_store
+    monkeypatch.setattr(lifecycle, "object_store", lambda volume: Stalling(real(volume)))
+    mnt = tmp_path / "mnt"
+    rw = Volume.new("stalled", bucket=str(tmp_path / "bucket")).mount(mount_path=mnt)
+    try:
+        (mnt / "before.bin").write_bytes(b"b" * 100_000)
+        answer.clear()  # the store stops answering block uploads
+        (mnt / "during.bin").write_bytes(b"d" * 100_000)
+        started = time.monotonic()
+        with pytest.raises(VolumeCommitError, match="nothing was published"):
+            lifecycle.commit(rw, "stalled", timeout=1)  # RWVolume.commit has no timeout yet
+        with pytest.raises(VolumeCommitError):
+            rw.finalize("stalled", timeout=1)
+        assert time.monotonic() - started < 30
+        assert rw.mounted and os.path.ismount(mnt)
+        (mnt / "after.txt").write_text("still writable")  # thawed, intact
+        versions = tmp_path / "bucket" / "stalled" / "_volume" / "versions"
+        assert not versions.exists() or not any(versions.iterdir())
+        answer.set()
+        version = rw.finalize("recovered", timeout=60)
+    finally:
+        answer.set()
+        if rw.mounted:
+            rw.unmount()
+    with version.mount(transport="none") as ro:
+        assert ro.fs.cat_file("/during.bin") == b"d" * 100_000
+        assert ro.fs.cat_file("/after.txt") == b"still writable"
