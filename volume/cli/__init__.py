@@ -47,7 +47,8 @@ _register()
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    raw = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+    text = " ".join(raw.split()) or type(exc).__name__
     if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
         text = f"{exc.filename}: {exc.strerror or text}"
     return text
@@ -67,8 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("volume: aborted", err=True)
         return EXIT_USAGE
+    except click.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "volume"
+        click.echo(f"volume: error: {_one_line(exc)} (see {where} --help)", err=True)
+        return EXIT_USAGE
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"volume: error: {_one_line(exc)}", err=True)
         return exc.exit_code
     except (VolumeError, OSError, ValueError, KeyError) as exc:
         if debug:
