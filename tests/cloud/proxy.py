@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import socket
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
@@ -24,6 +25,10 @@ class CountingProxy:
         self.faults: list[int | str] = []  # next faults: an HTTP status, or "reset"
         self.fault_methods: set[str] | None = None
         self.seen_faults: list[tuple[str, int | str]] = []
+        self.block_gets: Counter[str] = Counter()  # block file name -> GETs
+        self.block_put_delay = 0.0  # seconds each block PUT is held (a slow network)
+        self.in_flight_puts = 0
+        self.max_in_flight_puts = 0
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -51,12 +56,29 @@ class CountingProxy:
                     self.end_headers()
                     self.wfile.write(payload)
                     return
+                slow = block and self.command == "PUT"
+                if slow:
+                    with proxy.lock:
+                        proxy.in_flight_puts += 1
+                        proxy.max_in_flight_puts = max(proxy.max_in_flight_puts,
+                                                       proxy.in_flight_puts)  # fmt: skip
+                    time.sleep(proxy.block_put_delay)
+                try:
+                    self._forward(body, block)
+                finally:
+                    if slow:
+                        with proxy.lock:
+                            proxy.in_flight_puts -= 1
+
+            def _forward(self, body: bytes, block: bool) -> None:
                 conn = http.client.HTTPConnection(*proxy.upstream, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
                 conn.request(self.command, self.path, body=body, headers=headers)
                 response = conn.getresponse()
                 data = response.read()
                 with proxy.lock:
+                    if block and self.command == "GET":
+                        proxy.block_gets[unquote(self.path).rsplit("/", 1)[-1]] += 1
                     proxy.requests[(self.command, block)] += 1
                     proxy.bytes_in[(self.command, block)] += len(body)
                     proxy.bytes_out[(self.command, block)] += len(data)
@@ -106,6 +128,7 @@ class CountingProxy:
             self.requests.clear()
             self.bytes_in.clear()
             self.bytes_out.clear()
+            self.block_gets.clear()
 
     def close(self) -> None:
         self.server.shutdown()
