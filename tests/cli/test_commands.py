@@ -137,3 +137,19 @@ def test_demo_keeps_uris_as_uris(tmp_path: Path):
     r = volume("demo", "nope://bucket/x", cwd=tmp_path)
     assert r.code == 2
     assert not any(p.name.endswith(":") for p in tmp_path.iterdir())
+
+
+def test_migrate_to_redis_keeps_the_tree(published: tuple[str, str]):
+    import importlib.util
+
+    if importlib.util.find_spec("volume_redis") is None:
+        pytest.skip("the redis metadata store plugin is not installed")
+    _first, second = published
+    moved = volume("migrate", second, "redis", "--json")
+    assert moved.code == 0, moved.err
+    new = moved.json()
+    assert new["metadata_store_type"] == "redis" and new["parent"] == second
+    d = volume("diff", second, new["locator"], "--json").json()
+    assert d["same_family"] and d["counts"] == {"added": 0, "removed": 0, "modified": 0, "renamed": 0}
+    assert volume("cat", new["locator"], "/docs/README.txt").out == "hello volume\n"
+    assert "already uses" in volume("migrate", second, "sqlite").err
