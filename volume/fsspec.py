@@ -573,6 +573,8 @@ def _document_bytes(ref: str) -> bytes:
 
     local = ref[len("file://") :] if ref.startswith("file://") else ref
     if "://" not in local:
+        if Path(local).is_dir() and (Path(local) / "volume.json").is_file():
+            local = str(Path(local) / "volume.json")  # a version's directory
         try:
             return Path(local).read_bytes()
         except FileNotFoundError:
