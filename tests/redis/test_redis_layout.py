@@ -36,8 +36,10 @@ def raw(engine: Engine) -> redis.Redis:
 
 
 def test_attr_record_is_juicefs_marshal() -> None:
-    attr = Attr(type=TYPE_FILE, mode=0o4755, uid=1000, gid=100, atime_ns=1_700_000_000_123_456_789,
-                mtime_ns=-1, ctime_ns=5, nlink=2, length=12345, rdev=7, parent=9, flags=3)  # fmt: skip
+    attr = Attr(
+        type=TYPE_FILE, mode=0o4755, uid=1000, gid=100, atime_ns=1_700_000_000_123_456_789,
+        mtime_ns=-1, ctime_ns=5, nlink=2, length=12345, rdev=7, parent=9, flags=3,
+    )  # fmt: skip
     buf = pack_attr(attr)
     assert len(buf) == 72 and buf[-1] == 0
     fields = struct.unpack(">BHIIqIqIqIIQIQ", buf[:71])

@@ -35,7 +35,8 @@ def test_server_listens_only_on_a_private_socket(tmp_path: Path) -> None:
         pid = store._server.proc.pid
         assert int((meta / "redis.pid").read_text()) == pid
         with redis.Redis(unix_socket_path=str(sock)) as client:
-            assert [str(v, "ascii") if isinstance(v, bytes) else v for v in client.config_get("port").values()] == ["0"]
+            port = list(client.config_get("port").values())
+            assert port in (["0"], [b"0"])
         listening = Path("/proc/net/tcp").read_text() + Path("/proc/net/tcp6").read_text()
         inodes = {os.stat(f"/proc/{pid}/fd/{fd}").st_ino for fd in os.listdir(f"/proc/{pid}/fd")
                   if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")}  # fmt: skip

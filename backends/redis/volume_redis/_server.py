@@ -133,8 +133,8 @@ class RedisServer:
                     pass
             if time.monotonic() > deadline:
                 raise RedisServerStartError(
-                    f"redis-server for {self.meta_dir} did not answer within {_START_TIMEOUT_S:.0f} "
-                    f"s; its log ends with:\n{self.log_tail()}"
+                    f"redis-server for {self.meta_dir} did not answer within "
+                    f"{_START_TIMEOUT_S:.0f} s; its log ends with:\n{self.log_tail()}"
                 )
             time.sleep(0.005)
 

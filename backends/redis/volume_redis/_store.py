@@ -533,7 +533,8 @@ class RedisMetaStore(MetaStore):
 
     def _scan_chunk_indexes(self, inode: int) -> list[int]:
         keys = self._scan_keys(b"c%d_*" % inode, codec.CHUNK_KEY)
-        return [int(codec.CHUNK_KEY.fullmatch(k).group(2)) for k in keys]  # type: ignore[union-attr]
+        matches = [codec.CHUNK_KEY.fullmatch(k) for k in keys]
+        return [int(m.group(2)) for m in matches if m]
 
     @_reads
     def _dbsize(self) -> int:

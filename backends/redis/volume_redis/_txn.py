@@ -159,7 +159,8 @@ class RedisTxn(MetaTxn):
             int(m.group(1)) for key in self._str if (m := codec.INODE_KEY.fullmatch(key))
         )
         ordered = sorted(inodes)
-        self._s._prefetch_strs([codec.inode_key(i) for i in ordered if codec.inode_key(i) not in self._str])
+        keys = [codec.inode_key(i) for i in ordered]
+        self._s._prefetch_strs([key for key in keys if key not in self._str])
         for inode in ordered:
             attr = self.get_attr(inode)
             if attr is not None:
@@ -295,9 +296,8 @@ class RedisTxn(MetaTxn):
             candidates = set(self._s._scan_chunk_indexes(inode)) | touched
         else:
             candidates = set(range(count)) | touched
-            self._s._prefetch_lists(
-                [codec.chunk_key(inode, i) for i in candidates if codec.chunk_key(inode, i) not in self._list]
-            )
+            keys = [codec.chunk_key(inode, i) for i in candidates]
+            self._s._prefetch_lists([key for key in keys if key not in self._list])
         return sorted(i for i in candidates if self._get_list(codec.chunk_key(inode, i)))
 
     def iter_chunks(self) -> Iterator[tuple[int, int, bytes]]:
