@@ -8,7 +8,14 @@ other transaction of this process can interleave; and nothing outside the proces
 are buffered in the transaction (:mod:`._txn`) and sent together in one MULTI/EXEC block, which
 Redis applies all at once or not at all, so a failed or interrupted transaction leaves nothing
 behind and a reader never sees half of one. For the same reason the store may cache what the
-server holds (every change passes through it): reads of cached keys cost no round trip.
+server holds (every change passes through it): reads of cached keys cost no round trip, and
+committed transactions may wait in a queue (group commit) before their MULTI/EXEC is sent, since
+every reader consults the cache first and every read of the server sends the queue before it.
+A group is still applied whole, and always ends on a transaction boundary.
+
+Inodes numbered at or above ``nextinode`` when the store opened (below the reserved range) and
+slices at or above ``nextchunk`` cannot have keys yet (JuiceFS hands ids out from these
+counters), so their keys are known to be empty without asking the server.
 
 The live data lives in the server's memory; ``<meta_dir>/meta.rdb`` is written by ``SAVE`` when
 the store snapshots and when a writable store closes. A snapshot is the RDB file itself, which
