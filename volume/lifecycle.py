@@ -599,6 +599,8 @@ def mount_rw(
                     f"meta_dir {md.path} holds a working copy of {volume.name!r} from another "
                     f"bucket or an earlier volume of that name; pass another meta_dir"
                 )
+            if marker.get("domain") is not None:
+                workcopy.repair_lost_blocks(meta, objects, int(marker["domain"]))
             domain = claim_domain(objects, meta.load_format().Name, volume.name)
             log.warning("volume %s: resuming the unpublished working copy in %s", volume.name,
                         md.path)  # fmt: skip

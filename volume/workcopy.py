@@ -155,6 +155,75 @@ def check_uuid(objects: ObjectStore, fmt: Format) -> bool:
         return False
 
 
+def repair_lost_blocks(meta: Any, objects: ObjectStore, domain: int) -> list[int]:
+    """After a crash: turn the records of slices of session ``domain`` whose blocks never reached
+    the store into holes (zeros), so the working copy stays readable and no commit publishes
+    references to missing blocks. Only data that was never fsync'd can be affected (an fsync
+    returns once its blocks are stored). Returns the inodes whose data was lost (logged loudly).
+    """
+    from .allocator import DOMAIN_BITS
+    from .juicefs import (
+        COUNTER_NEXT_CHUNK,
+        SliceRecord,
+        block_key,
+        slice_blocks,
+        unpack_slices,
+    )
+
+    fmt = meta.load_format()
+    start = domain << DOMAIN_BITS
+    with meta.transaction() as tx:
+        end = max(tx.get_counter(COUNTER_NEXT_CHUNK), start)
+        suspects = [
+            (ino, indx, blob)
+            for ino, indx, blob in tx.iter_chunks()
+            if any(start <= r.id < end for r in unpack_slices(blob))
+        ]
+    if not suspects:
+        return []
+    block_size = fmt.BlockSize * 1024
+    stored: set[str] | None = None
+    if not fmt.HashPrefix and end - start < 50_000_000:
+        stored = set()
+        for group in range(start // 1_000_000, (end - 1) // 1_000_000 + 1):
+            stored.update(i.key for i in objects.list(f"{fmt.Name}/chunks/{group}/"))
+
+    def complete(sid: int, size: int) -> bool:
+        for indx, bsize in slice_blocks(size, block_size):
+            key = block_key(fmt.Name, sid, indx, bsize, fmt.HashPrefix)
+            if not (key in stored if stored is not None else objects.exists(key)):
+                return False
+        return True
+
+    lost: dict[tuple[int, int], bool] = {}
+    damaged: set[int] = set()
+    with meta.transaction(write=True) as tx:
+        for ino, indx, _ in suspects:
+            records = unpack_slices(tx.read_chunk(ino, indx))
+            fixed = []
+            for r in records:
+                if start <= r.id < end:
+                    if (r.id, r.size) not in lost:
+                        lost[(r.id, r.size)] = not complete(r.id, r.size)
+                    if lost[(r.id, r.size)]:
+                        if tx.add_slice_ref(r.id, r.size, -1) <= 0:
+                            tx.add_slice_ref(r.id, r.size, 0)
+                        r = SliceRecord(r.pos, 0, r.len, 0, r.len)
+                        damaged.add(ino)
+                fixed.append(r)
+            if ino in damaged:
+                tx.write_chunk(ino, indx, b"".join(r.pack() for r in fixed))
+    if damaged:
+        message = (
+            f"volume: WARNING: the last session of this working copy was killed before the "
+            f"blocks of {sum(lost.values())} slices were stored; the unsynced data of inodes "
+            f"{sorted(damaged)[:20]} reads as zeros (everything fsync'd is intact)"
+        )
+        sys.stderr.write(message + "\n")
+        log.info("%s", message)  # (stderr has it already; no second copy from logging)
+    return sorted(damaged)
+
+
 # =========================================================================== temporary dirs
 
 
@@ -269,5 +338,5 @@ def close_at_exit(m: "Mount") -> None:
             f"changes not committed; {where}"
         )
         sys.stderr.write(message + "\n")
-        log.warning("%s", message)
+        log.info("%s", message)  # (stderr has it already; no second copy from logging)
     m.close(drain=m.writable)

@@ -244,3 +244,51 @@ def test_juicefs_uuid_is_claimed_create_only(tmp_path: Path) -> None:
     with pytest.raises(VolumeBucketNotEmpty):
         workcopy.claim_name(objects, b)
     assert objects.get("raced/juicefs_uuid").decode() == a.UUID
+
+
+LOSING = textwrap.dedent(
+    """
+    import sys, time
+    from volume import Volume, lifecycle
+    from volume.testing.faults import WrappedObjectStore
+
+    class Down(WrappedObjectStore):  # block uploads fail: closes publish, blocks stay buffered
+        def put(self, key, data, *, if_absent=False):
+            if "/chunks/" in key:
+                raise OSError(5, "the store is down")
+            super().put(key, data, if_absent=if_absent)
+
+    real = lifecycle.object_store
+    lifecycle.object_store = lambda volume: Down(real(volume))
+    bucket, meta = sys.argv[1:3]
+    rw = Volume.new("unsynced", bucket=bucket).mount(meta_dir=meta, transport="none")
+    rw.fs.pipe_file("/lost.bin", b"x" * 300_000)
+    print("ready", flush=True)
+    time.sleep(3600)
+    """
+)
+
+
+def test_unsynced_data_whose_blocks_died_with_the_process_reads_as_zeros(tmp_path: Path) -> None:
+    bucket, meta = tmp_path / "bucket", tmp_path / "meta"
+    child = subprocess.Popen(
+        [sys.executable, "-W", "ignore", "-c", LOSING, str(bucket), str(meta)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        assert child.stdout.readline().strip() == "ready"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    from volume.engine.check import check_metadata
+
+    rw = Volume.new("unsynced", bucket=str(bucket)).mount(meta_dir=meta, transport="none")
+    try:
+        assert rw.fs.cat_file("/lost.bin") == bytes(300_000)  # a hole, not EIO
+        assert check_metadata(rw._mount.meta) == []
+        version = rw.finalize("after losing unsynced data")
+    finally:
+        if rw.mounted:
+            rw.unmount()
+    with version.mount(transport="none") as ro:
+        assert ro.fs.cat_file("/lost.bin") == bytes(300_000)  # the version is readable
