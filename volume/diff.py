@@ -150,10 +150,9 @@ def diff_indexes(meta_a: "MetaStore", meta_b: "MetaStore") -> Diff:
         na, nb = a[old], b[new]
         changed = _changed(na, nb, same)
         parent_old, parent_new = posixpath.split(old)[0], posixpath.split(new)[0]
-        implied = (
-            renames.get(parent_old) == parent_new
-            and posixpath.basename(old) == posixpath.basename(new)
-        )
+        implied = renames.get(parent_old) == parent_new and posixpath.basename(
+            old
+        ) == posixpath.basename(new)
         if not implied or changed:
             out.changes.append(Change("renamed", new, nb.type, old, na.size, nb.size, changed))
     moved_from, moved_to = set(renames), set(renames.values())

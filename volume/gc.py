@@ -84,8 +84,14 @@ class LiveMarker:
     than its grace period, so a session that runs longer than the grace period must be marked.
     """
 
-    def __init__(self, objects: "ObjectStore", fs_name: str, domain: int, interval: float = HEARTBEAT_SECONDS):
-        self.objects, self.key, self.interval = objects, f"{live_prefix(fs_name)}{domain:07d}", interval
+    def __init__(
+        self, objects: "ObjectStore", fs_name: str, domain: int, interval: float = HEARTBEAT_SECONDS
+    ):
+        self.objects, self.key, self.interval = (
+            objects,
+            f"{live_prefix(fs_name)}{domain:07d}",
+            interval,
+        )
         self._stop = threading.Event()
         self._beat()
         self._thread = threading.Thread(target=self._run, name="volume-live-marker", daemon=True)
@@ -209,7 +215,9 @@ class _Reach:
         for start in range(0, len(ids), 500):
             part = ids[start : start + 500]
             marks = ",".join("?" * len(part))
-            for sid, size in self.db.execute(f"SELECT id, size FROM reach WHERE id IN ({marks})", part):
+            for sid, size in self.db.execute(
+                f"SELECT id, size FROM reach WHERE id IN ({marks})", part
+            ):
                 out.setdefault(sid, []).append(size)
         return out
 
@@ -378,6 +386,7 @@ def collect(
     family: _Family | None = None
     seen = 0
     with tempfile.TemporaryDirectory(prefix="volume-gc-") as tmp:
+
         def close() -> None:
             if family is not None and (family.versions or family.claimed):
                 report.families.append(family.finish())

@@ -11,12 +11,13 @@ import os
 import time
 from pathlib import Path
 
+from volume_local import LocalObjectStore
+from volume_sqlite import SQLiteMetaStore
+
 from volume import index
 from volume.diff import diff_indexes
 from volume.engine import format_volume, new_format
 from volume.juicefs import TYPE_DIRECTORY, TYPE_FILE, Attr, SliceRecord
-from volume_local import LocalObjectStore
-from volume_sqlite import SQLiteMetaStore
 
 FILES = int(os.environ.get("VOLUME_BENCH_DIFF_FILES", 100_000))
 DIRS = 100
@@ -26,7 +27,11 @@ CHANGES = 100  # of each kind
 def _build(tmp: Path) -> tuple[Path, Path]:
     bucket = tmp / "bucket"
     meta = SQLiteMetaStore.open(tmp / "a")
-    format_volume(meta, LocalObjectStore.from_uri(str(bucket)), new_format("diffbench", storage="file", bucket=f"{bucket}/"))
+    format_volume(
+        meta,
+        LocalObjectStore.from_uri(str(bucket)),
+        new_format("diffbench", storage="file", bucket=f"{bucket}/"),
+    )
     now = time.time_ns()
     per_dir = FILES // DIRS
     with meta.transaction(write=True) as tx:

@@ -62,8 +62,10 @@ def test_gc_memory_on_a_million_keys() -> None:
     mib = 1 << 20
     listing_extra = (listing["peak"] - listing["base"]) / mib
     gc_extra = (gc["peak"] - gc["base"]) / mib
-    print(f"\n{KEYS} keys: store populated at {gc['base'] / mib:.0f} MiB RSS; listing alone +"
-          f"{listing_extra:.0f} MiB peak in {listing['seconds']:.1f} s; gc +{gc_extra:.0f} MiB "
-          f"peak in {gc['seconds']:.1f} s; gc beyond the listing {gc_extra - listing_extra:.0f} MiB")
+    print(
+        f"\n{KEYS} keys: store populated at {gc['base'] / mib:.0f} MiB RSS; listing alone +"
+        f"{listing_extra:.0f} MiB peak in {listing['seconds']:.1f} s; gc +{gc_extra:.0f} MiB "
+        f"peak in {gc['seconds']:.1f} s; gc beyond the listing {gc_extra - listing_extra:.0f} MiB"
+    )
     assert gc["report"]["garbage_blocks"] == KEYS
     assert gc_extra - listing_extra < 64  # gc's own state does not grow with the keys

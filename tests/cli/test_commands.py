@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 import volume as volume_pkg
-from tests.cli.conftest import Result, one_line_error, tree, volume
+from tests.cli.conftest import one_line_error, tree, volume
 
 
 def test_version_and_json_before_or_after_the_verb(tmp_path: Path):
@@ -17,9 +16,9 @@ def test_version_and_json_before_or_after_the_verb(tmp_path: Path):
     before, after = volume("--json", "plugins"), volume("plugins", "--json")
     assert before.code == after.code == 0
     assert before.json() == after.json()
-    assert {"group": "volume.meta_stores", "name": "sqlite"}.items() <= before.json()[-1].items() or any(
-        p["name"] == "sqlite" for p in before.json()
-    )
+    assert {"group": "volume.meta_stores", "name": "sqlite"}.items() <= before.json()[
+        -1
+    ].items() or any(p["name"] == "sqlite" for p in before.json())
 
 
 @pytest.mark.parametrize(
@@ -54,14 +53,22 @@ def test_reading_a_version(tmp_path: Path, published: tuple[str, str]):
     r = volume("ls", second)
     assert r.code == 0 and r.out.split() == ["/data.bin", "/docs/", "/link"]
     r = volume("ls", second, "/docs", "-R", "--json")
-    assert [e["name"] for e in r.json()] == ["/docs/README.txt", "/docs/notes", "/docs/notes/todo.txt"]
+    assert [e["name"] for e in r.json()] == [
+        "/docs/README.txt",
+        "/docs/notes",
+        "/docs/notes/todo.txt",
+    ]
     assert volume("cat", first, "/docs/readme.txt").out == "hello volume\n"
-    assert volume("cat", second[len("file://"):], "/docs/notes/todo.txt").out == "done\n"
+    assert volume("cat", second[len("file://") :], "/docs/notes/todo.txt").out == "done\n"
 
     dest = tmp_path / "out"
     r = volume("get", second, "/docs", str(dest), "--json")
     assert r.code == 0 and r.json()["files"] == 2
-    assert tree(dest) == {"README.txt": b"hello volume\n", "notes": None, "notes/todo.txt": b"done\n"}
+    assert tree(dest) == {
+        "README.txt": b"hello volume\n",
+        "notes": None,
+        "notes/todo.txt": b"done\n",
+    }
     volume("get", second, "/data.bin", str(tmp_path / "data.bin"))
     assert (tmp_path / "data.bin").read_bytes() == bytes(range(256)) * 40_000
 
@@ -94,7 +101,9 @@ def test_fsck_finds_missing_and_truncated_blocks(bucket: Path, published: tuple[
     assert r.code == 1
     report = r.json()
     assert not report["ok"] and len(report["missing"]) == 1
-    assert report["wrong_size"] == [{"key": str(small.relative_to(bucket)), "expected": 5, "actual": 2}]
+    assert report["wrong_size"] == [
+        {"key": str(small.relative_to(bucket)), "expected": 5, "actual": 2}
+    ]
     assert report["broken_files"] == ["/data.bin", "/docs/notes/todo.txt"]
     human = volume("fsck", second)
     assert human.code == 1 and "broken file: /data.bin" in human.out and "BROKEN" in human.out
@@ -109,7 +118,9 @@ def test_bad_input_is_one_typed_line_with_status_2(tmp_path: Path, bucket: Path,
     assert "not a version document" in one_line_error(volume("info", str(tmp_path / "x.json")))
     assert "not a version locator" in one_line_error(volume("info", "memory://nowhere/x.json"))
     assert "does not exist in this version" in one_line_error(volume("cat", second, "/nope"))
-    assert "does not exist in this version" in one_line_error(volume("get", second, "/nope", str(tmp_path / "o")))
+    assert "does not exist in this version" in one_line_error(
+        volume("get", second, "/nope", str(tmp_path / "o"))
+    )
     empty = tmp_path / "empty-bucket"
     empty.mkdir()
     assert "no volume families" in one_line_error(volume("gc", str(empty)))
@@ -150,6 +161,11 @@ def test_migrate_to_redis_keeps_the_tree(published: tuple[str, str]):
     new = moved.json()
     assert new["metadata_store_type"] == "redis" and new["parent"] == second
     d = volume("diff", second, new["locator"], "--json").json()
-    assert d["same_family"] and d["counts"] == {"added": 0, "removed": 0, "modified": 0, "renamed": 0}
+    assert d["same_family"] and d["counts"] == {
+        "added": 0,
+        "removed": 0,
+        "modified": 0,
+        "renamed": 0,
+    }
     assert volume("cat", new["locator"], "/docs/README.txt").out == "hello volume\n"
     assert "already uses" in volume("migrate", second, "sqlite").err

@@ -19,7 +19,9 @@ def bucket() -> str:
 
 
 def _changes(d):
-    return sorted((c.status, c.old_path, c.path, c.old_size, c.new_size, c.modified) for c in d.changes)
+    return sorted(
+        (c.status, c.old_path, c.path, c.old_size, c.new_size, c.modified) for c in d.changes
+    )
 
 
 def test_every_kind_of_change_and_no_block_is_read(bucket: str):

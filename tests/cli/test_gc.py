@@ -127,7 +127,9 @@ def test_a_live_marker_heartbeats_and_goes(store: MemoryObjectStore):
 
 def test_unreadable_versions_stop_deletion(store: MemoryObjectStore):
     _family(store)
-    key = next(i.key for i in store.list("gcvol/_volume/versions/") if i.key.endswith("volume.json"))
+    key = next(
+        i.key for i in store.list("gcvol/_volume/versions/") if i.key.endswith("volume.json")
+    )
     store.put(key, b"not json")
     report = collect(store, now=time.time() + 2 * HOUR, delete=True).families[0]
     assert report.unreadable and report.deleted_blocks == 0 and report.garbage_blocks >= 1

@@ -43,7 +43,9 @@ def test_create_read_fsck_gc_and_demo_on_s3(moto: servers.Server, tmp_path):
     gc = volume("gc", prefix, "--json", env=env)
     assert gc.code == 0 and gc.json()["families"][0]["name"] == "s3-vol"
 
-    demo = volume("demo", f"s3://{BUCKET}/demo-{uuid.uuid4().hex[:6]}", "--json", env=env, cwd=tmp_path)
+    demo = volume(
+        "demo", f"s3://{BUCKET}/demo-{uuid.uuid4().hex[:6]}", "--json", env=env, cwd=tmp_path
+    )
     assert demo.code == 0, demo.err
     result = demo.json()
     assert result["verified"] and result["storage"] == "s3"

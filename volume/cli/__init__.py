@@ -17,7 +17,7 @@ import click
 
 from .. import __version__
 from ..errors import VolumeError
-from ._common import EXIT_USAGE, Options, common, options
+from ._common import EXIT_USAGE, Options, common
 
 __all__ = ["cli", "main"]
 

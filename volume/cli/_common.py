@@ -90,7 +90,10 @@ def note(text: str) -> None:
 def table(*columns: str, **kwargs: Any) -> Table:
     t = Table(box=None, pad_edge=False, header_style="bold", **kwargs)
     for c in columns:
-        t.add_column(c, justify="right" if c in ("size", "bytes", "count", "old size", "new size") else "left")
+        t.add_column(
+            c,
+            justify="right" if c in ("size", "bytes", "count", "old size", "new size") else "left",
+        )
     return t
 
 
@@ -187,5 +190,3 @@ def version_row(v: Any) -> dict[str, Any]:
         "parent": v.parent_produced_by.locator if v.parent_produced_by else None,
         "produced_by": v.produced_by.name if v.produced_by else None,
     }
-
-

@@ -28,7 +28,9 @@ def mount_key(path: str | os.PathLike[str]) -> Path:
 
 
 def socket_path(path: str | os.PathLike[str]) -> Path:
-    base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / f"volume-{os.getuid()}"
+    base = (
+        Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / f"volume-{os.getuid()}"
+    )
     digest = hashlib.sha256(str(mount_key(path)).encode()).hexdigest()[:24]
     return base / f"{digest}.sock"
 
@@ -56,12 +58,16 @@ class ControlServer(socketserver.ThreadingUnixStreamServer):
             except VolumeNotMounted:
                 self.path.unlink(missing_ok=True)  # left by a killed mount process
             else:
-                raise VolumeUsageError(f"{mount_key(mount_path)} is already served by a volume mount")
+                raise VolumeUsageError(
+                    f"{mount_key(mount_path)} is already served by a volume mount"
+                )
         self.handler = handler
         self._closed = False
         super().__init__(str(self.path), _Requests)
         os.chmod(self.path, 0o600)
-        self._thread = threading.Thread(target=self.serve_forever, name="volume-control", daemon=True)
+        self._thread = threading.Thread(
+            target=self.serve_forever, name="volume-control", daemon=True
+        )
         self._thread.start()
 
     def close(self) -> None:
@@ -73,7 +79,9 @@ class ControlServer(socketserver.ThreadingUnixStreamServer):
         self.path.unlink(missing_ok=True)
 
 
-def request(mount_path: str | os.PathLike[str], payload: dict[str, Any], timeout: float) -> dict[str, Any]:
+def request(
+    mount_path: str | os.PathLike[str], payload: dict[str, Any], timeout: float
+) -> dict[str, Any]:
     """Send one request to the mount process serving ``mount_path``; its answer."""
     where = socket_path(mount_path)
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

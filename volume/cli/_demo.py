@@ -157,25 +157,62 @@ def demo_cmd(bucket: str, name: str | None) -> int:
 
 @click.command("bench")
 @click.argument("path", type=click.Path())
-@click.option("--big-file-size", type=int, default=1024, show_default=True, metavar="MB",
-              help="Size of each big file; 0 skips.")
+@click.option(
+    "--big-file-size",
+    type=int,
+    default=1024,
+    show_default=True,
+    metavar="MB",
+    help="Size of each big file; 0 skips.",
+)
 @click.option("--small-file-size", type=int, default=128, show_default=True, metavar="KB")
-@click.option("--small-file-count", type=int, default=100, show_default=True, metavar="N",
-              help="Small files per thread.")
-@click.option("--threads", "-p", type=int, default=1, show_default=True, metavar="N",
-              help="Threads, each on its own files.")
-@click.option("--block-size", type=int, default=1, show_default=True, metavar="MB",
-              help="Size of each I/O.")
-@click.option("--meta", is_flag=True,
-              help="Run the metadata workload instead: untar a generated tree, find, ls -lR, "
-                   "du -s, read every file, cp -a, rm -rf.")
-@click.option("--files", type=int, default=15_000, show_default=True, metavar="N",
-              help="Files in the --meta tree (its tarball is built once and cached).")
-@click.option("--server-pid", type=int, default=None, metavar="PID",
-              help="Process serving the file system: report its CPU seconds per phase.")
+@click.option(
+    "--small-file-count",
+    type=int,
+    default=100,
+    show_default=True,
+    metavar="N",
+    help="Small files per thread.",
+)
+@click.option(
+    "--threads",
+    "-p",
+    type=int,
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="Threads, each on its own files.",
+)
+@click.option(
+    "--block-size", type=int, default=1, show_default=True, metavar="MB", help="Size of each I/O."
+)
+@click.option(
+    "--meta",
+    is_flag=True,
+    help="Run the metadata workload instead: untar a generated tree, find, ls -lR, "
+    "du -s, read every file, cp -a, rm -rf.",
+)
+@click.option(
+    "--files",
+    type=int,
+    default=15_000,
+    show_default=True,
+    metavar="N",
+    help="Files in the --meta tree (its tarball is built once and cached).",
+)
+@click.option(
+    "--server-pid",
+    type=int,
+    default=None,
+    metavar="PID",
+    help="Process serving the file system: report its CPU seconds per phase.",
+)
 @common
-@examples("volume bench ~/volumes/data", "volume bench /mnt/x --big-file-size 64 -p 4 --json",
-          "volume bench /mnt/x/empty --meta --server-pid 1234")
+@examples(
+    "volume bench ~/volumes/data",
+    "volume bench /mnt/x --big-file-size 64 -p 4 --json",
+    "volume bench /mnt/x/empty --meta --server-pid 1234",
+)
 def bench_cmd(path: str, big_file_size: int, small_file_size: int, small_file_count: int,
               threads: int, block_size: int, meta: bool, files: int,
               server_pid: int | None) -> int:  # fmt: skip

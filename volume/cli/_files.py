@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import errno
 import os
 import stat
 import sys
@@ -13,7 +12,17 @@ from typing import Any
 import click
 
 from ..errors import VolumeUsageError
-from ._common import common, emit, examples, human_bytes, load, note, progress, table, version_argument
+from ._common import (
+    common,
+    emit,
+    examples,
+    human_bytes,
+    load,
+    note,
+    progress,
+    table,
+    version_argument,
+)
 
 
 def _fs(ref: str) -> Any:
@@ -117,7 +126,9 @@ def _copy_out(fs: Any, src: str, dst: Path, bar: Any) -> tuple[int, int]:
 @click.argument("path")
 @click.argument("dest", type=click.Path())
 @common
-@examples("volume get $LOCATOR /docs ./docs-copy", "volume get ./volume.json /data.bin /tmp/data.bin")
+@examples(
+    "volume get $LOCATOR /docs ./docs-copy", "volume get ./volume.json /data.bin /tmp/data.bin"
+)
 def get_cmd(version: str, path: str, dest: str) -> int:
     """Copy a file or a tree out of a version to DEST (no mount needed).
 
@@ -135,7 +146,9 @@ def get_cmd(version: str, path: str, dest: str) -> int:
     if top["type"] == "directory" and not top.get("islink"):
         names = fs.find(path, withdirs=True)
         sizes = {n: fs.info(n) for n in names}
-        total = sum(i["size"] for i in sizes.values() if i["type"] == "file" and not i.get("islink"))
+        total = sum(
+            i["size"] for i in sizes.values() if i["type"] == "file" and not i.get("islink")
+        )
     else:
         names, total = [top["name"]], top["size"]
     files = copied = 0

@@ -9,7 +9,17 @@ from typing import Any
 import click
 
 from ..errors import VolumeUsageError
-from ._common import EXIT_PROBLEMS, common, emit, examples, human_bytes, load, progress, table, version_argument
+from ._common import (
+    EXIT_PROBLEMS,
+    common,
+    emit,
+    examples,
+    human_bytes,
+    load,
+    progress,
+    table,
+    version_argument,
+)
 
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -23,11 +33,22 @@ def _duration(text: str) -> float:
 
 @click.command("gc")
 @click.argument("bucket")
-@click.option("--grace", default="1h", show_default=True, metavar="DURATION",
-              help="Keep blocks of sessions claimed or marked live within this period (90s, 30m, 1h).")
-@click.option("--delete", is_flag=True, help="Delete the garbage (default: a dry run that reports).")
+@click.option(
+    "--grace",
+    default="1h",
+    show_default=True,
+    metavar="DURATION",
+    help="Keep blocks of sessions claimed or marked live within this period (90s, 30m, 1h).",
+)
+@click.option(
+    "--delete", is_flag=True, help="Delete the garbage (default: a dry run that reports)."
+)
 @common
-@examples("volume gc ./bucket", "volume gc s3://my-bucket/volumes --delete", "volume gc ./bucket --grace 2h --json")
+@examples(
+    "volume gc ./bucket",
+    "volume gc s3://my-bucket/volumes --delete",
+    "volume gc ./bucket --grace 2h --json",
+)
 def gc_cmd(bucket: str, grace: str, delete: bool) -> int:
     """Find (and with --delete remove) blocks no version of any family references.
 

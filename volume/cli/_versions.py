@@ -18,9 +18,7 @@ from ._common import (
     human_bytes,
     load,
     note,
-    options,
     progress,
-    table,
     version_argument,
     version_row,
 )
@@ -36,8 +34,13 @@ def _print_version(v: Any, verb: str) -> None:
 
 @click.command("create")
 @click.argument("name")
-@click.option("--bucket", "-b", envvar="UNION_VOLUME_BUCKET", metavar="BUCKET",
-              help="Local directory or object-store URI (default: $UNION_VOLUME_BUCKET).")
+@click.option(
+    "--bucket",
+    "-b",
+    envvar="UNION_VOLUME_BUCKET",
+    metavar="BUCKET",
+    help="Local directory or object-store URI (default: $UNION_VOLUME_BUCKET).",
+)
 @click.option("--metadata-store", metavar="TYPE", help="sqlite (default) or an installed plugin.")
 @click.option("--message", "-m", default="created", show_default=True)
 @common
@@ -84,7 +87,9 @@ def _continuation(version: Any) -> Any:
 @click.argument("mount_path", metavar="PATH", type=click.Path())
 @click.option("--read-only", is_flag=True, help="Mount the version read-only.")
 @click.option("--fork", "fork_name", metavar="NAME", help="Mount a writable fork named NAME.")
-@click.option("--no-commit", is_flag=True, help="On exit, discard the changes instead of committing.")
+@click.option(
+    "--no-commit", is_flag=True, help="On exit, discard the changes instead of committing."
+)
 @click.option("--message", "-m", help="Message of the version published on exit.")
 @common
 @examples("volume mount ./bucket/vol/_volume/versions/<id>/volume.json ~/volumes/vol",
@@ -98,9 +103,9 @@ def mount_cmd(version: str, mount_path: str, read_only: bool, fork_name: str | N
     --fork). Ctrl-C or SIGTERM commits the changes as a new version, prints its locator and
     unmounts (--no-commit discards them). `volume commit PATH` commits while it stays mounted.
     """
-    from ..mount.fuse import fuse_usable, prepare_mount_point
     from ..errors import VolumeMountError
     from ..gc import LiveMarker
+    from ..mount.fuse import fuse_usable, prepare_mount_point
     from ._control import ControlServer
 
     if read_only and (fork_name or no_commit or message):
