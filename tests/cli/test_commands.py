@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,26 @@ def test_migrate_to_redis_keeps_the_tree(published: tuple[str, str]):
     }
     assert volume("cat", new["locator"], "/docs/README.txt").out == "hello volume\n"
     assert "already uses" in volume("migrate", second, "sqlite").err
+
+
+def test_fsck_reports_a_damaged_index(tmp_path: Path, bucket: Path, published: tuple[str, str]):
+    import hashlib
+    import shutil
+    import sqlite3
+
+    _first, second = published
+    doc_path = Path(second[len("file://") :])
+    doc = json.loads(doc_path.read_text())
+    damaged = doc_path.parent.with_name("20990101T000000000000Z-clivol-damaged")
+    damaged.mkdir()
+    shutil.copy(doc_path.parent / "meta.db", damaged / "meta.db")
+    with sqlite3.connect(damaged / "meta.db") as db:  # a file's link count that no entry backs
+        db.execute("UPDATE jfs_node SET nlink = 5 WHERE type = 1 AND length = 5")
+    doc["index"]["path"] = (damaged / "meta.db").as_uri()
+    doc["index"]["hash"] = "sha256:" + hashlib.sha256((damaged / "meta.db").read_bytes()).hexdigest()
+    (damaged / "volume.json").write_text(json.dumps(doc))
+    r = volume("fsck", str(damaged / "volume.json"), "--json")
+    assert r.code == 1
+    report = r.json()
+    assert not report["ok"] and report["missing"] == [] and report["wrong_size"] == []
+    assert any("nlink 5" in p for p in report["metadata_problems"]), report["metadata_problems"]
