@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import warnings
@@ -149,7 +150,9 @@ def mount_cmd(version: str, mount_path: str, read_only: bool, fork_name: str | N
              f"{'unmount' if read_only or no_commit else 'commit and unmount'}")  # fmt: skip
         try:
             while not stop.wait(0.5):
-                pass
+                if not os.path.ismount(path):  # fusermount -u from outside: finish as for Ctrl-C
+                    note(f"{path} was unmounted from outside")
+                    break
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
