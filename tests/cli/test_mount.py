@@ -101,3 +101,21 @@ def test_sigterm_unmounts_a_read_only_mount(tmp_path: Path, published: tuple[str
         out, _err = _stop(process, signal.SIGTERM)
     assert process.returncode == 0 and not os.path.ismount(mnt)
     assert '"unmounted"' in out
+
+
+def test_no_commit_discards_the_changes(tmp_path: Path, bucket: Path, published: tuple[str, str]):
+    _first, second = published
+    versions = sorted(bucket.glob("clivol/_volume/versions/*"))
+    mnt = tmp_path / "scratch"
+    process = _start(second, str(mnt), "--no-commit")
+    try:
+        _wait_mounted(process, mnt)
+        (mnt / "scratch.txt").write_bytes(b"thrown away")
+        live = bucket.glob("clivol/_volume/live/*")
+        assert len(list(live)) == 1  # the session is marked live for gc while it runs
+    finally:
+        out, err = _stop(process, signal.SIGINT)
+    assert process.returncode == 0, err
+    assert out.startswith("unmounted ") and not os.path.ismount(mnt)
+    assert sorted(bucket.glob("clivol/_volume/versions/*")) == versions
+    assert list(bucket.glob("clivol/_volume/live/*")) == []
