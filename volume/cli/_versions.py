@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import click
 
@@ -68,6 +69,42 @@ def _bucket(bucket: str | None) -> str | None:
 
 
 # --------------------------------------------------------------------------- mount
+
+
+def _pending_bytes(blocks: Any) -> int:
+    value = getattr(blocks, "pending_bytes", 0)
+    return int(value() if callable(value) else value)
+
+
+@contextlib.contextmanager
+def _upload_progress(handle: Any) -> Iterator[None]:
+    """A bar of the block bytes a commit still has to upload (sampled from the engine).
+
+    Only a display: whatever goes wrong in it never stops the commit.
+    """
+    try:
+        blocks = handle._mount.engine.blocks
+        total = _pending_bytes(blocks)
+    except Exception:  # noqa: BLE001
+        blocks, total = None, 0
+    with progress("committing", total or None, unit="bytes") as bar:
+        finished = threading.Event()
+
+        def sample() -> None:
+            sent = 0
+            with contextlib.suppress(Exception):
+                while blocks is not None and not finished.wait(0.2):
+                    now = max(total - _pending_bytes(blocks), 0)
+                    bar.advance(now - sent)
+                    sent = now
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            yield
+        finally:
+            finished.set()
+            sampler.join()
 
 
 def _continuation(version: Any) -> Any:
@@ -149,24 +186,14 @@ def mount_cmd(version: str, mount_path: str, read_only: bool, fork_name: str | N
         note(f"mounted {handle.name} at {path} ({mode}); Ctrl-C to "
              f"{'unmount' if read_only or no_commit else 'commit and unmount'}")  # fmt: skip
         try:
-            while not stop.wait(0.5):
-                if not os.path.ismount(path):  # fusermount -u from outside: finish as for Ctrl-C
-                    note(f"{path} was unmounted from outside")
-                    break
+            final = _serve_until_done(handle, path, stop, lock, read_only or no_commit, message)
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
         control.close()
-        with lock:
-            stop.set()
-        if read_only or no_commit:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                handle.unmount()
+        if final is None:
             emit({"name": handle.name, "unmounted": str(path)}, f"unmounted {path}")
             return 0
-        with progress("committing", None, unit="blocks"):
-            final = handle.finalize(message)
     except BaseException:
         control.close()
         if handle is not None and handle.mounted:
@@ -179,6 +206,42 @@ def mount_cmd(version: str, mount_path: str, read_only: bool, fork_name: str | N
             marker.stop()
     _print_version(final, "committed")
     return 0
+
+
+def _serve_until_done(
+    handle: Any,
+    path: Path,
+    stop: threading.Event,
+    lock: threading.Lock,
+    discard: bool,
+    message: str | None,
+) -> Any:
+    """Wait for Ctrl-C, SIGTERM or an unmount from outside; then unmount (``discard``) or
+    publish. A failed commit leaves the mount as it was: Ctrl-C tries again."""
+    from ..errors import VolumeError
+
+    while True:
+        outside = False
+        while not stop.wait(0.5):
+            if not os.path.ismount(path):  # fusermount -u from outside: finish as for Ctrl-C
+                note(f"{path} was unmounted from outside")
+                outside = True
+                break
+        with lock:
+            stop.set()  # commits through the control socket are refused from here on
+            if discard:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    handle.unmount()
+                return None
+            try:
+                with _upload_progress(handle):
+                    return handle.finalize(message)
+            except VolumeError as exc:
+                if outside or not handle.mounted:
+                    raise
+                note(f"volume: commit failed, {path} is still mounted: {exc} (Ctrl-C tries again)")
+                stop.clear()
 
 
 # --------------------------------------------------------------------------- commit
