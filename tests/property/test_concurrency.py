@@ -214,7 +214,7 @@ FAST = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-SLOW = settings(FAST, max_examples=int(os.environ.get("VOLUME_CONCURRENCY_EXAMPLES", 400)))
+SLOW = settings(FAST, max_examples=int(os.environ.get("VOLUME_CONCURRENCY_EXAMPLES", "400")))
 
 
 @FAST

@@ -123,9 +123,11 @@ def test_flush_publishes_every_open_file_without_closing(engine: Engine, tmp_pat
     engine.drain(timeout=10)
     engine.snapshot(tmp_path / "snap.db")
     # the snapshot holds the lengths of the still-open files
-    with SQLiteMetaStore._connect(tmp_path / "snap.db", read_only=True) as store:
-        with store.transaction() as tx:
-            lengths = sorted(tx.get_attr(tx.lookup(1, f"f{i}".encode())[0]).length for i in range(3))
+    with (
+        SQLiteMetaStore._connect(tmp_path / "snap.db", read_only=True) as store,
+        store.transaction() as tx,
+    ):
+        lengths = sorted(tx.get_attr(tx.lookup(1, f"f{i}".encode())[0]).length for i in range(3))
     assert lengths == [1000, 1000, 1000]
     for fd in fds:
         fs.close(fd)

@@ -126,7 +126,7 @@ def test_fsynced_files_survive_sigkill(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_fsynced_files_survive_sigkill_long(tmp_path: Path) -> None:
-    run(tmp_path, rounds=3, per_round=int(os.environ.get("VOLUME_CRASH_FILES", 10_000)) // 3)
+    run(tmp_path, rounds=3, per_round=int(os.environ.get("VOLUME_CRASH_FILES", "10000")) // 3)
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def linux(directory: Path, mode: int, op: str, caller: Caller) -> tuple[int, int
             _op(_Os, str(path), op)
         except OSError as exc:
             code = exc.errno or 255
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - the child reports, never raises
             code = 254
         os.write(write, bytes([code]))
         os._exit(0)

@@ -83,12 +83,14 @@ class FileOps:
 
     # ------------------------------------------------------------------ pins and handles
 
-    def _pin(self, ino: int) -> OpenInode:
-        """The inode's shared state, created (length read from the metadata) when absent."""
+    def _pin(self, ino: int, length: int | None = None) -> OpenInode:
+        """The inode's shared state, created when absent (with ``length``, or the length read
+        from the metadata: a file just created passes its 0)."""
         with self._table_lock:
             oi = self._open.get(ino)
             if oi is None:
-                length = self._read(lambda tx: self._attr(tx, ino)).length
+                if length is None:
+                    length = self._read(lambda tx: self._attr(tx, ino)).length
                 oi = self._open[ino] = OpenInode(ino, length)
             oi.refs += 1
             return oi
@@ -158,7 +160,7 @@ class FileOps:
             if attr.type == TYPE_DIRECTORY:
                 raise fs_error(errno.EISDIR, name) from None
             return self.open(ino, flags & ~os.O_CREAT, caller), ino, self.getattr(ino)
-        return self._new_handle(self._pin(ino), flags, caller), ino, attr
+        return self._new_handle(self._pin(ino, 0), flags, caller), ino, attr
 
     def release(self, fh: int) -> None:
         """Close a handle; the last close of an unlinked inode deletes it."""
