@@ -141,3 +141,59 @@ def test_fsync_takes_an_inode_and_stores_blocks(engine: Engine) -> None:
     assert engine.blocks.pending_bytes == 0
     assert not engine.blocks._unsynced  # every stored block was fsynced
     fs.close(fd)
+
+
+def test_a_snapshot_after_freeze_holds_every_write_acknowledged_before_it(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """What commit and finalize rely on: freeze, flush, drain, snapshot while writers run."""
+    fs = PathFS(engine)
+    acked: list[tuple[str, bytes]] = []  # appended once close() returned
+    refused = []
+    stop = threading.Event()
+
+    def writer(w: int) -> None:
+        fd = fs.open(f"/open{w}", os.O_CREAT | os.O_WRONLY)  # kept open across the freeze
+        try:
+            for i in range(10**6):
+                if stop.is_set():
+                    return
+                data = f"{w}:{i}".encode() * 50
+                try:
+                    fs.write_bytes(f"/w{w}-{i}", data)
+                    fs.write(fd, data, i * len(data))
+                except OSError as exc:
+                    assert exc.errno == errno.EROFS
+                    refused.append(w)
+                    return
+                acked.append((f"/w{w}-{i}", data))
+        finally:
+            fs.close(fd)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    before = list(acked)  # acknowledged before the freeze began
+    engine.freeze()
+    engine.flush()
+    engine.drain(timeout=30)
+    engine.snapshot(tmp_path / "snap.db")
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert sorted(set(refused)) == [0, 1, 2]  # every writer met EROFS
+    assert len(before) > 10
+    SQLiteMetaStore.restore(tmp_path / "snap.db", tmp_path / "restored")
+    meta = SQLiteMetaStore.open(tmp_path / "restored", read_only=True)
+    reader = Engine(meta, engine.blocks.objects, read_only=True)
+    view = PathFS(reader)
+    for path, data in before:
+        assert view.read_bytes(path) == data, path
+    for path, data in before:  # and the files kept open hold those writes (no overlaps)
+        w, i = (int(n) for n in path[2:].split("-"))
+        fd = view.open(f"/open{w}")
+        assert view.read(fd, len(data), i * len(data)) == data
+        view.close(fd)
+    reader.close()
+    meta.close()
