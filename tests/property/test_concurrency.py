@@ -1,7 +1,7 @@
 """Several threads drive several handles on the same inodes; every read is checked against a model.
 
 What is legal under concurrency: the operations that change or observe a file's bytes (write,
-read, ftruncate, truncate by path, fstat) run under that file's model lock, so the model holds
+read, ftruncate, truncate by path, fstat, fallocate, copy_file_range) run under that file's model lock, so the model holds
 exactly the bytes the engine must return. Everything else runs without it, truly concurrently
 with them: opening and closing handles on the same inode (the deadlock of issue 9), fsync,
 flushing every open file, renames that swap the two names, unlinking a name and creating a new
@@ -14,6 +14,7 @@ stack (faulthandler) instead of hanging the run.
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import os
 import sys
@@ -55,6 +56,8 @@ operation = st.one_of(
     st.tuples(st.just("fsync"), slot),
     st.tuples(st.just("flush_all")),
     st.tuples(st.just("swap")),
+    st.tuples(st.just("fallocate"), slot, st.sampled_from([0x00, 0x01, 0x03, 0x10]), offsets, sizes),
+    st.tuples(st.just("clone"), slot, slot, offsets, offsets, sizes),
     st.tuples(st.just("replace"), name),
 )
 programs = st.lists(st.lists(operation, min_size=1, max_size=25), min_size=2, max_size=4)
@@ -147,6 +150,36 @@ def run_thread(world: World, ops: list[tuple]) -> None:
                     else:
                         fd = fs.open(path, os.O_RDWR)
                 handles[s] = (fd, fid)
+            elif kind == "fallocate":
+                _, s, mode, offset, size = op
+                fd, fid = handles[s]
+                with world.locks[fid]:
+                    fs.fallocate(fd, mode, offset, size)
+                    model = world.models[fid]
+                    if mode & 0x12:  # punch a hole, zero a range: zeros inside the file
+                        end = min(offset + size, len(model))
+                        if offset < end:
+                            model[offset:end] = bytes(end - offset)
+                    if not mode & 0x01 and offset + size > len(model):
+                        resize(model, offset + size)
+            elif kind == "clone":
+                _, s_in, s_out, off_in, off_out, size = op
+                (fd_in, fin), (fd_out, fout) = handles[s_in], handles[s_out]
+                with contextlib.ExitStack() as stack:
+                    for fid in sorted({fin, fout}):  # the test's own lock order
+                        stack.enter_context(world.locks[fid])
+                    src, dst = world.models[fin], world.models[fout]
+                    n = max(min(size, len(src) - off_in), 0)
+                    if fin == fout and n and off_out < off_in + n and off_in < off_out + n:
+                        with pytest.raises(OSError):  # overlapping ranges of one file
+                            fs.copy_file_range(fd_in, fd_out, size, off_in, off_out)
+                        continue
+                    assert fs.copy_file_range(fd_in, fd_out, size, off_in, off_out) == n
+                    piece = bytes(src[off_in : off_in + n])
+                    if n:
+                        if len(dst) < off_out + n:
+                            resize(dst, off_out + n)
+                        dst[off_out : off_out + n] = piece
             elif kind == "fsync":
                 fs.fsync(handles[op[1]][0])
             elif kind == "flush_all":
