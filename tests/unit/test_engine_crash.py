@@ -176,3 +176,24 @@ def test_local_sync_fsyncs_each_ancestor_directory_once(tmp_path: Path, monkeypa
     store.put("v/chunks/0/0/2_0_4", b"efgh")
     store.sync(["v/chunks/0/0/2_0_4"])
     assert synced == [f"{root}/v/chunks/0/0/2_0_4", f"{root}/v/chunks/0/0"]
+
+
+def test_past_the_remembered_keys_fsync_syncs_the_whole_store(tmp_path: Path, monkeypatch):
+    from volume.engine import blocks
+
+    monkeypatch.setattr(blocks, "MAX_UNSYNCED", 2)
+    meta, engine = open_engine(tmp_path)
+    calls: list[object] = []
+    real = engine.blocks._store_sync
+    engine.blocks._store_sync = lambda keys: (calls.append(keys), real(keys))
+    fs = PathFS(engine)
+    fd = fs.open("/f", os.O_CREAT | os.O_WRONLY)
+    fs.write(fd, os.urandom(5 * 65536))
+    fs.fsync(fd)
+    assert calls == [None]  # five blocks stored, two remembered: everything is synced
+    fs.write(fd, b"tail", 5 * 65536)
+    fs.fsync(fd)
+    assert len(calls) == 2 and calls[1] is not None and len(calls[1]) == 1
+    fs.close(fd)
+    engine.close()
+    meta.close()

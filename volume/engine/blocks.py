@@ -23,6 +23,7 @@ from .diskcache import DiskCache
 log = logging.getLogger("volume.engine.blocks")
 
 UPLOAD_ATTEMPTS = 3
+MAX_UNSYNCED = 65536  # stored keys remembered for the next sync; past it the whole store is synced
 RETRY_INTERVAL = 0.25  # seconds between retries of failed uploads while writers wait
 LOCAL_UPLOAD_WORKERS = 4
 
@@ -104,6 +105,7 @@ class BlockStore:
         # stored keys not yet made durable (stores with a ``sync`` method: local files)
         self._store_sync = getattr(objects, "sync", None)
         self._unsynced: set[str] = set()
+        self._unsynced_overflow = False
         self._cond = threading.Condition()
         if objects.capabilities.local:
             # no network latency to hide: more threads only contend for the GIL with the caller
@@ -204,7 +206,10 @@ class BlockStore:
                     self._pending_bytes -= len(data)
                 self._failed.pop(key, None)
                 if self._store_sync is not None:
-                    self._unsynced.add(key)
+                    if len(self._unsynced) < MAX_UNSYNCED:
+                        self._unsynced.add(key)
+                    else:  # too many to name: the next sync makes the whole store durable
+                        self._unsynced_overflow = True
                 self.stats.uploads += 1
                 self.stats.upload_bytes += len(data)
             else:
@@ -262,13 +267,15 @@ class BlockStore:
             return
         with self._cond:
             keys, self._unsynced = self._unsynced, set()
-        if not keys:
+            overflow, self._unsynced_overflow = self._unsynced_overflow, False
+        if not keys and not overflow:
             return
         try:
-            self._store_sync(sorted(keys))
+            self._store_sync(None if overflow else sorted(keys))
         except BaseException:
             with self._cond:
                 self._unsynced |= keys
+                self._unsynced_overflow |= overflow
             raise
 
     def drain(self, timeout: float | None = None) -> None:

@@ -8,6 +8,7 @@ directory, so the JuiceFS client finds our objects and we find its.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import re
@@ -162,10 +163,14 @@ class LocalObjectStore(ObjectStore):
             with contextlib.suppress(FileNotFoundError, NotADirectoryError, IsADirectoryError):
                 os.unlink(path)
 
-    def sync(self, keys: Iterable[str]) -> None:
+    def sync(self, keys: Iterable[str] | None = None) -> None:
         """Flush the objects ``keys`` (stored earlier by ``put``) and the directory entries naming
         them to stable storage: what fsync(2) of a file in a mounted volume waits for. Missing
-        keys are skipped (nothing of theirs to keep)."""
+        keys are skipped (nothing of theirs to keep). ``None``: everything on the file system
+        holding the root (``syncfs(2)``)."""
+        if keys is None:
+            _syncfs(self._root)
+            return
         directories: set[str] = set()
         for key in keys:
             path = self._path(key)
@@ -423,6 +428,22 @@ def _write_all(fd: int, view: memoryview) -> None:
 def _remove_quietly(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+def _syncfs(path: str) -> None:
+    """``syncfs(2)`` of the file system holding ``path`` (``sync(2)`` where libc lacks it)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    syncfs = getattr(libc, "syncfs", None)
+    if syncfs is None:
+        os.sync()
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if syncfs(fd) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code), path)
+    finally:
+        os.close(fd)
 
 
 def _fsync_directory(directory: str) -> None:
