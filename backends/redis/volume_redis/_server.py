@@ -112,6 +112,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,  # a Ctrl-C of the mounting shell does not reach it
+            umask=0o077,  # the socket, the RDB and the log are private from their creation
         )
         write_pid_file(self.meta_dir, self.proc.pid)
         deadline = time.monotonic() + _START_TIMEOUT_S
