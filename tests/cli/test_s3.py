@@ -53,3 +53,18 @@ def test_create_read_fsck_gc_and_demo_on_s3(moto: servers.Server, tmp_path):
     fork = result["versions"][1]["locator"]
     assert volume("cat", fork, "/docs/notes/todo.txt", env=env).out == "forked and changed\n"
     assert volume("fsck", fork, "--json", env=env).json()["ok"]
+
+
+def test_pandas_reads_a_version_on_s3_by_locator(moto: servers.Server, monkeypatch):
+    import pandas as pd
+
+    from volume import Volume
+
+    for name, value in moto.env.items():
+        monkeypatch.setenv(name, value)
+    rw = Volume.new("s3-csv", bucket=f"s3://{BUCKET}/{uuid.uuid4().hex[:8]}")
+    rw.mount(transport="none")
+    rw.fs.pipe_file("/t.csv", b"a,b\n1,2\n")
+    locator = rw.finalize().produced_by.locator
+    frame = pd.read_csv("volume:///t.csv", storage_options={"locator": locator})
+    assert frame.to_dict("list") == {"a": [1], "b": [2]}
