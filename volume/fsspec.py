@@ -24,7 +24,8 @@ Errors are the ``OSError`` subclasses Linux gives (``FileNotFoundError``, ``IsAD
 ...), naming the caller's path. On a read-only volume every write raises
 :class:`~volume.errors.VolumeReadOnly` (a ``PermissionError``) before anything changes.
 
-Instances wrap a live engine, so they are neither cached by fsspec nor picklable.
+Instances wrap a live engine, so fsspec does not cache them; one opened over a mounted volume does
+not pickle, one opened by locator pickles as its locator (dask sends it to workers that way).
 """
 
 from __future__ import annotations

@@ -758,6 +758,15 @@ def test_a_locator_reads_a_version_without_a_mount(locator: str, tmp_path: Path)
     assert _read_dirs() - before == set()  # removed on release
 
 
+def test_a_filesystem_opened_by_locator_pickles_as_its_locator(locator: str):
+    import pickle
+
+    fs = fsspec.filesystem("volume", locator=locator)
+    copy = pickle.loads(pickle.dumps(fs))
+    assert copy.pathfs is not fs.pathfs and copy.locator == locator
+    assert copy.cat("/docs/readme.txt") == README
+
+
 def test_the_temporary_index_goes_when_the_filesystem_is_collected(locator: str):
     import gc
 
