@@ -25,7 +25,11 @@ from .juicefs import (
 from .stores import MetaTxn, ObjectStore
 
 DOMAIN_BITS = 42
-MAX_DOMAIN = (1 << 20) - 1
+#: the highest domain a session of ours can claim
+MAX_DOMAIN = (1 << 20) - 2
+#: the lane no session of ours ever claims: every published index points ``nextChunk`` at it,
+#: so a foreign writer (a stock JuiceFS client mounting a copy read-write) allocates only there
+FOREIGN_DOMAIN = (1 << 20) - 1
 CLAIM_ATTEMPTS = 64
 OFFSET_MIN = 1 << 32
 OFFSET_SPAN = 1 << 56
@@ -80,9 +84,11 @@ def claim_domain(objects: ObjectStore, fs_name: str, volume_name: str) -> int:
 
 
 def enter_domain(tx: MetaTxn, domain: int) -> None:
-    """Move ``nextChunk`` to the start of ``domain``'s lane (never backwards)."""
+    """Move ``nextChunk`` into ``domain``'s lane: to its start, unless it is inside it already
+    (a fork's first mount continues where the fork left it). A published index points
+    ``nextChunk`` at the foreign lane, above every lane; it is moved down to ours."""
     start = domain << DOMAIN_BITS
-    if tx.get_counter(COUNTER_NEXT_CHUNK) < start:
+    if not start <= tx.get_counter(COUNTER_NEXT_CHUNK) < start + (1 << DOMAIN_BITS):
         tx.set_counter(COUNTER_NEXT_CHUNK, start)
 
 

@@ -298,9 +298,12 @@ class LifecycleMachine(RuleBasedStateMachine):
             self.drop_bucket(self.bucket)
             shutil.rmtree(self.workdir, ignore_errors=True)
 
+    #: prefix of the volume names this machine makes (machines sharing a bucket need their own)
+    name_prefix: ClassVar[str] = ""
+
     def fresh(self, what: str) -> str:
         self.counter += 1
-        return f"{what}-{self.counter}"
+        return f"{self.name_prefix}{what}-{self.counter}"
 
     # ------------------------------------------------------------------ checks
 
@@ -455,11 +458,21 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     @initialize(seed=st.integers(0, 3))
     def first_volume(self, seed: int) -> None:
-        """Every run starts with a mounted volume holding two files."""
-        self.new()
-        self.mount_rw(0)
+        """Every run starts with a mounted volume holding two files (see :meth:`seed_family`)."""
+        self.seed_family()
+        if not self.mounted():
+            self.mount_rw(0)
         self.write(0, "a", seed, 5000)
         self.write(0, "d/x", seed + 1, 100)
+
+    def seed_family(self) -> None:
+        """Make the first handle: a new volume. Override to start from an existing version."""
+        self.new()
+
+    def adopt(self, version: ROVolume, files: dict[str, bytes]) -> Published:
+        """Take a version published outside this machine (holding ``files``) into the model."""
+        self.recorder.tag = self.fresh("adopted")
+        return self.record(version, files, None)
 
     @precondition(lambda self: len(self.all_handles) < 6)
     @rule()
