@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,7 @@ def test_both_sides_at_once_agree(rw) -> None:
         t.join(30)
     assert not errors, errors[:5]
     assert sorted(os.listdir(mnt)) == sorted(f"f{i}" for i in range(20))
+    time.sleep(0.2)  # the repeated invalidation of names a racing kernel lookup re-cached
+    for i in range(20):
+        handle.fs.mv(f"/f{i}", f"/h{i}")
+        assert not (mnt / f"f{i}").exists() and (mnt / f"h{i}").read_text() == f"content {i}"

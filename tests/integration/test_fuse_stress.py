@@ -194,13 +194,9 @@ def test_stress_many_processes_on_one_mount(volume: MountedVolume) -> None:
     run_stress(volume, workers=4, seconds=float(os.environ.get("VOLUME_STRESS_SECONDS", "20")))
 
 
-@pytest.mark.xfail(
-    reason="known bug: a process that pwrites its own 8 KiB slot of a file other processes are "
-    "writing sometimes reads its previous bytes back through the kernel page cache (not seen "
-    "with direct_io nor on the engine alone); under investigation",
-    strict=False,
-)
 def test_stress_own_slot_of_a_shared_file_reads_back(volume: MountedVolume) -> None:
+    """Regression: with the page cache invalidated on open (auto_cache) or on a new mtime
+    (auto_inval_data), a process that pwrote its slot sometimes read its previous bytes back."""
     run_stress(volume, workers=4, seconds=10, verify_slots=True)
 
 

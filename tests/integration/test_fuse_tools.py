@@ -76,10 +76,10 @@ def test_git_init_add_commit(mnt: Path, tree: Path, tmp_path: Path):
     run(*git, "commit", "-q", "-m", "import", env=env)
     assert run(*git, "status", "--porcelain", env=env) == ""
     run(*git, "fsck", "--full", "--strict", env=env)
-    (repo / "cli.py").write_text("changed\n")
-    assert "cli.py" in run(*git, "status", "--porcelain", env=env)
-    run(*git, "checkout", "--", "cli.py", env=env)
-    assert (repo / "cli.py").read_bytes() == (tree / "cli.py").read_bytes()
+    (repo / "lifecycle.py").write_text("changed\n")
+    assert "lifecycle.py" in run(*git, "status", "--porcelain", env=env)
+    run(*git, "checkout", "--", "lifecycle.py", env=env)
+    assert (repo / "lifecycle.py").read_bytes() == (tree / "lifecycle.py").read_bytes()
     run(*git, "gc", "-q", env=env)  # repacks: rewrites and renames over the object store
     assert len(run(*git, "log", "--oneline", env=env).splitlines()) == 1
     run(*git, "fsck", "--full", env=env)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..engine import NOW, RENAME_EXCHANGE, ROOT, Caller, Engine
-from ..engine.posix import st_mode
+from ..engine.posix import check_xattr_name, st_mode
 from ..errors import VolumeMountError, VolumeMountTimeout, VolumeSystemError
 from ..juicefs import ROOT_INODE, TYPE_DIRECTORY, Attr
 
@@ -64,7 +64,9 @@ UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
 FUSE_READDIR_PLUS = 1  # readdir flag: the kernel wants attributes with the names
 FUSE_FILL_DIR_PLUS = 2  # filler flag: this entry carries full attributes
+FUSE_CAP_AUTO_INVAL_DATA = 1 << 12  # the kernel drops a file's pages when it sees a new mtime
 DIR_HANDLE = 1 << 63  # set in directory handles (their inode), never in engine file handles
+REINVALIDATE_SECONDS = 0.05  # kernel lookups in flight during an in-process change answer by then
 CACHE_LIMIT = 100_000  # entries per translator cache; a cache is dropped whole past this
 CAPABILITY = "security.capability"  # the kernel asks for it before every write
 HIDDEN_NAME = re.compile(r"\.fuse_hidden[0-9a-f]{16}")  # libfuse's names for unlinked open files
@@ -139,6 +141,16 @@ def _stat(ino: int, attr: Attr) -> dict[str, int]:
     }
 
 
+@functools.lru_cache(maxsize=256)
+def _valid_xattr_name(name: str) -> bool:
+    """Whether the engine would look ``name`` up (an invalid one gets its own errno there)."""
+    try:
+        check_xattr_name(name)
+    except OSError:
+        return False
+    return True
+
+
 def _bounded_add(cache: set[int], ino: int) -> None:
     if len(cache) >= CACHE_LIMIT:
         cache.clear()
@@ -164,10 +176,22 @@ class EngineOperations:
         self.engine = engine
         self._inodes: dict[str, int] = {"/": ROOT_INODE}
         self._generation = 0  # bumped whenever the path cache is dropped
+        self._later: set[str] = set()  # paths to invalidate again (see namespace_changed)
+        self._later_lock = threading.Lock()
+        self._later_timer: threading.Timer | None = None
+        self.closed = False  # set once the mount is gone: no more kernel notifications
         self._handle_inodes: dict[int, int] = {}
         # Inodes known to have no security.capability: the kernel checks it (to drop file
         # capabilities) before every write, which would otherwise cost a metadata transaction.
         self._no_capability: set[int] = set()
+        # Inodes known to have no extended attribute at all: ``ls -l`` asks for two of them per
+        # file (SELinux label, POSIX ACL). Kept exactly as the capability set (all setxattr
+        # calls and in-process changes pass here), so it never answers for a stale inode.
+        self._no_xattrs: set[int] = set()
+        # bumped (under the lock) after every xattr change: a miss seen before a change that
+        # finished meanwhile is not recorded
+        self._xattr_epoch = 0
+        self._xattr_lock = threading.Lock()
         # Inodes seen with several links. libfuse's high-level API gives each *name* its own
         # kernel inode, so a change made through one name must invalidate the others' caches.
         self._linked: set[int] = set()
@@ -224,6 +248,8 @@ class EngineOperations:
     def _invalidate(self, paths: list[str]) -> None:
         """Drop the kernel's attributes and pages of these names (other names of an inode this
         request changed; never the request's own, which the kernel is busy with)."""
+        if self.closed or self._fuse is None:
+            return  # the session is ending: its struct fuse is about to go
         for path in paths:
             _libfuse().fuse_invalidate_path(self._fuse, os.fsencode(path))
 
@@ -272,19 +298,40 @@ class EngineOperations:
 
     # ------------------------------------------------------------------ changes made in-process
 
-    def namespace_changed(self, names: list[str]) -> None:
-        """Names were created, removed or moved in-process: forget every cached path and drop
-        the kernel's attributes and pages of the cached paths ending in those names."""
+    def namespace_changed(self, entries: list[tuple[int, str]]) -> None:
+        """Entries ``(parent inode, name)`` were created, removed or moved in-process: forget
+        every cached path and drop the kernel's attributes and pages of those names (and of the
+        cached paths ending in them). A kernel lookup in flight during the change may re-cache
+        the old name, so the invalidation is repeated once such lookups have answered."""
         old = self._inodes
         self._drop_paths()
         if self._fuse is None:
             return
-        tails = tuple("/" + n for n in names)
-        self._invalidate([p for p in old if p != "/" and p.endswith(tails)])
+        paths = {p for p in old if p != "/" and p.endswith(tuple("/" + n for _, n in entries))}
+        for parent, name in entries:
+            heads = ["/"] if parent == ROOT_INODE else [p for p, i in old.items() if i == parent]
+            paths.update(f"{head.rstrip('/')}/{name}" for head in heads)
+        self._invalidate(sorted(paths))
+        self._invalidate_later(sorted(paths))
+
+    def _invalidate_later(self, paths: list[str]) -> None:
+        if not paths:
+            return
+        with self._later_lock:
+            self._later.update(paths)
+            if self._later_timer is None:
+                self._later_timer = threading.Timer(REINVALIDATE_SECONDS, self._invalidate_again)
+                self._later_timer.daemon = True
+                self._later_timer.start()
+
+    def _invalidate_again(self) -> None:
+        with self._later_lock:  # held: stop() cannot end the session meanwhile
+            paths, self._later, self._later_timer = sorted(self._later), set(), None
+            self._invalidate(paths)
 
     def inode_changed(self, ino: int) -> None:
         """An inode's attributes or bytes changed in-process: drop the kernel's copies."""
-        self._no_capability.discard(ino)
+        self._forget_xattrs(ino)
         if self._fuse is None:
             return
         self._invalidate([p for p, i in list(self._inodes.items()) if i == ino])
@@ -492,24 +539,41 @@ class EngineOperations:
 
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         ino = self._inode(path)
-        if name != CAPABILITY:
-            return self.engine.getxattr(ino, name)
-        if ino in self._no_capability:
+        if (ino in self._no_xattrs and _valid_xattr_name(name)) or (
+            name == CAPABILITY and ino in self._no_capability
+        ):
             raise OSError(errno.ENODATA, os.strerror(errno.ENODATA))
+        epoch = self._xattr_epoch
         try:
             return self.engine.getxattr(ino, name)
         except OSError as exc:
             if exc.errno == errno.ENODATA:
-                _bounded_add(self._no_capability, ino)
+                none = not self.engine.listxattr(ino)
+                with self._xattr_lock:
+                    if epoch == self._xattr_epoch:
+                        if name == CAPABILITY:
+                            _bounded_add(self._no_capability, ino)
+                        if none:
+                            _bounded_add(self._no_xattrs, ino)
             raise
 
+    def _forget_xattrs(self, ino: int) -> None:
+        with self._xattr_lock:
+            self._xattr_epoch += 1
+            self._no_capability.discard(ino)
+            self._no_xattrs.discard(ino)
+
     def listxattr(self, path: str) -> list[str]:
-        return self.engine.listxattr(self._inode(path))
+        ino = self._inode(path)
+        return [] if ino in self._no_xattrs else self.engine.listxattr(ino)
 
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> None:
         ino = self._inode(path)
-        self._no_capability.discard(ino)
-        self.engine.setxattr(ino, name, value, options, self._caller())
+        self._forget_xattrs(ino)
+        try:
+            self.engine.setxattr(ino, name, value, options, self._caller())
+        finally:
+            self._forget_xattrs(ino)
 
     def removexattr(self, path: str, name: str) -> None:
         self.engine.removexattr(self._inode(path), name, self._caller())
@@ -530,6 +594,7 @@ class EngineOperations:
         try:
             fh, ino, _ = self.engine.create(parent, name, mode, flags | os.O_EXCL, caller)
             _bounded_add(self._no_capability, ino)  # a new file has no extended attributes
+            _bounded_add(self._no_xattrs, ino)
         except FileExistsError:
             if flags & os.O_EXCL:
                 raise
@@ -574,6 +639,7 @@ class EngineOperations:
     def init_with_config(self, conn: Any, config: Any) -> None:
         """Ask for 1 MiB requests (libfuse caps them at its buffer size)."""
         self._fuse = _libfuse().fuse_get_context().contents.fuse
+        conn.want &= ~FUSE_CAP_AUTO_INVAL_DATA  # see FuseMount.start: kernel_cache instead
         conn.max_write = MAX_IO
         conn.max_readahead = MAX_IO  # the kernel keeps the smaller of this and its own
 
@@ -896,7 +962,12 @@ class FuseMount:
         if read_only:
             options.update(ro=True, kernel_cache=True)  # nothing changes: keep the page cache
         else:
-            options["auto_cache"] = True  # keep the page cache while mtime and size agree
+            # Keep the page cache across opens: every change reaches it, through the kernel's
+            # write-through or our invalidations of in-process changes. Invalidating it on open
+            # (auto_cache) or on a changed mtime (auto_inval_data) races the kernel's
+            # write-through, which unlocks a written page before its WRITE is answered: a reader
+            # could cache the old bytes and the writer read them back.
+            options["kernel_cache"] = True
         mount = cls(engine, mount_path, options)
         previous_handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGHUP, signal.SIGTERM)}
         mount._thread.start()
@@ -996,6 +1067,8 @@ class FuseMount:
             if self._stopped:
                 return
             self._stopped = True
+        with self.operations._later_lock:
+            self.operations.closed = True
         atexit.unregister(self._stop_at_exit)
         deadline = time.monotonic() + timeout
         pause = 0.01

@@ -15,10 +15,10 @@ import functools
 import os
 from typing import Any, Callable
 
-# calls that change names: (positions of the names among the arguments)
+# calls that change names: positions of (parent inode, name) among the arguments
 NAMESPACE_CALLS = {
-    "mkdir": (1,), "mknod": (1,), "symlink": (1,), "create": (1,), "unlink": (1,),
-    "rmdir": (1,), "link": (2,), "rename": (1, 3),
+    "mkdir": ((0, 1),), "mknod": ((0, 1),), "symlink": ((0, 1),), "create": ((0, 1),),
+    "unlink": ((0, 1),), "rmdir": ((0, 1),), "link": ((1, 2),), "rename": ((0, 1), (2, 3)),
 }  # fmt: skip
 # calls that change an inode's attributes or bytes: how to find the inode
 INODE_CALLS = {"setattr", "setxattr", "removexattr", "fallocate"}
@@ -36,7 +36,7 @@ class KernelCoherentEngine:
         attr = getattr(self._engine, name)
         if name in NAMESPACE_CALLS:
             return self._after(attr, lambda args: self._operations.namespace_changed(
-                [os.fsdecode(args[i]) for i in NAMESPACE_CALLS[name] if len(args) > i]
+                [(args[p], os.fsdecode(args[n])) for p, n in NAMESPACE_CALLS[name] if len(args) > n]
             ))  # fmt: skip
         if name in INODE_CALLS:
             return self._after(attr, lambda args: self._operations.inode_changed(args[0]))
