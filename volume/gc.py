@@ -138,6 +138,7 @@ class FamilyReport:
     abandoned_indexes: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
     other_keys: int = 0
+    stale_markers: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -362,6 +363,11 @@ class _Family:
             self._prepare()
         self._classify()
         self.reach.close()  # type: ignore[union-attr]
+        stale = [d for d, at in self.heartbeats.items() if self.now - at >= self.grace]
+        self.report.stale_markers = sorted(stale)
+        if self.delete:  # a session that is alive after all writes its marker again
+            for d in stale:
+                self.objects.delete(f"{live_prefix(self.report.name)}{d:07d}")
         return self.report
 
 

@@ -106,10 +106,11 @@ def test_live_sessions_and_unpublished_indexes_are_kept(store: MemoryObjectStore
     rw._mount.engine.flush()
     rw._mount.meta.snapshot(snap)
     store.put(pending, snap.read_bytes())
-    store.delete(key)  # no longer marked live: only the pending index keeps its block
+    store.put(key, json.dumps({"heartbeat_at": later - 2 * HOUR}).encode())  # a stale marker
     report = collect(store, now=later, delete=True).families[0]
     assert report.abandoned_indexes == [pending] and store.exists(pending)
     assert report.protected_blocks == 0 and report.deleted_blocks == 1  # only the scratch file
+    assert report.stale_markers == [domain] and not store.exists(key)  # --delete removes it
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         rw.unmount()
