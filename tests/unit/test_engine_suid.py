@@ -139,3 +139,44 @@ def test_a_non_owner_may_clear_suid_bits_but_not_change_others(engine) -> None:
     assert root.stat("/k").st_mode & 0o7777 == 0o0777
     with pytest.raises(PermissionError):
         stranger.chmod("/k", 0o0775)
+
+
+@pytest.fixture
+def kernel_mount(tmp_path: Path):
+    """A kernel mount of a fresh volume (FUSE), reachable by unprivileged callers."""
+    from volume.mount.fuse import FuseMount, fuse_usable
+
+    usable, why = fuse_usable()
+    if not usable:
+        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+            pytest.fail(f"CI=true and FUSE is not usable here: {why}")
+        pytest.skip(f"FUSE is not usable here: {why}")
+    root = Path(tempfile.mkdtemp())
+    root.chmod(0o755)
+    meta = SQLiteMetaStore.open(root / "meta")
+    objects = LocalObjectStore(root / "bucket")
+    format_volume(meta, objects, new_format("suidk", storage="file", bucket=f"{root}/bucket/"))
+    engine = Engine(meta, objects)
+    mount = FuseMount.start(
+        engine, root / "mnt", read_only=False, attr_cache=0, entry_cache=0, dir_entry_cache=0,
+        timeout=10, fsname="volume:suid",
+    )  # fmt: skip
+    try:
+        (root / "mnt").chmod(0o777)
+        yield root / "mnt"
+    finally:
+        mount.stop(10)
+        engine.close()
+        meta.close()
+        shutil.rmtree(root)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_through_the_kernel_a_strangers_change_succeeds_and_clears_the_bits(
+    kernel_mount: Path, real_dir: Path, op: str
+) -> None:
+    """Issue 9: through FUSE the kernel clears the bits with a chmod as the caller; the mount
+    must allow it (it answered EPERM to write(2) and truncate(2) before)."""
+    caller = CALLERS["stranger"]
+    assert linux(kernel_mount, 0o6777, op, caller) == linux(real_dir, 0o6777, op, caller)
+    assert linux(kernel_mount, 0o6777, op, caller) == (0, 0o0777)
