@@ -51,6 +51,7 @@ from .errors import (
 )
 from .juicefs import COUNTER_TOTAL_INODES, COUNTER_USED_SPACE
 from .lineage import current_action
+from .pins import pin_snapshot
 from .stores import MetaStore, ObjectStore
 
 if TYPE_CHECKING:
@@ -724,6 +725,7 @@ def publish(
         size = (snapshot or meta.snapshot)(snap)
         if after_snapshot is not None:
             after_snapshot()
+        size = pin_snapshot(store_cls, snap)  # foreign writers cannot hurt it (pins.py)
         with meta.transaction() as tx:
             used = tx.get_counter(COUNTER_USED_SPACE)
             inodes = tx.get_counter(COUNTER_TOTAL_INODES)

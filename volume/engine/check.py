@@ -29,6 +29,7 @@ from ..juicefs import (
     align4k,
     unpack_slices,
 )
+from ..pins import SLICE_PIN
 from ..stores import MetaStore, MetaTxn
 from .posix import MAX_NAME
 
@@ -276,14 +277,14 @@ class _Check:
                         f"slice {slice_id} (size {size}) is named by {count} records but has no "
                         f"jfs_chunk_ref row"
                     )
-                elif refs[size] != count:
+                elif refs[size] not in (count, count + SLICE_PIN):  # pinned: volume.pins
                     self._report(
                         f"slice {slice_id} (size {size}) has refs {refs[size]}, but {count} "
                         f"records name it"
                     )
         for slice_id, slice_rows in rows.items():
             for size, refs in slice_rows:
-                if refs != 0 and size not in sizes_per_id.get(slice_id, ()):
+                if refs not in (0, SLICE_PIN) and size not in sizes_per_id.get(slice_id, ()):
                     self._report(
                         f"slice {slice_id} (size {size}) has refs {refs}, but no record names it"
                     )
