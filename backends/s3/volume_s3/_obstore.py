@@ -313,7 +313,7 @@ class ObstoreObjectStore(ObjectStore):
     def _credentials_rejected(text: str, status: int | None) -> bool:
         codes = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
                  "AuthenticationFailed", "InvalidAuthenticationInfo", "NoAccessKey",
-                 "invalid_grant", "Unauthorized")  # fmt: skip
+                 "invalid_grant", "Unauthorized", "failed to authenticate")  # fmt: skip
         return status in (401, 403) and any(code in text for code in codes)
 
 
