@@ -187,6 +187,12 @@ class MetaTxn(ABC):
         """``(name, inode, type)`` of the directory's entries sorted by name bytes, starting
         strictly after ``after``, at most ``limit``."""
 
+    def list_entries_attrs(self, parent: int) -> list[tuple[bytes, int, int, Attr | None]]:
+        """``(name, inode, type, attr)`` of every entry of the directory, sorted by name bytes
+        (``attr`` None when the inode has no attributes row). Stores may answer it in one
+        query; this default asks for each entry's attributes in turn."""
+        return [(n, i, t, self.get_attr(i)) for n, i, t in self.list_entries(parent)]
+
     @abstractmethod
     def has_entries(self, parent: int) -> bool:
         """Whether the directory has any entry."""

@@ -486,10 +486,12 @@ class NamespaceOps:
 
         def run(tx: MetaTxn) -> list[tuple[bytes, int, int, Attr | None]]:
             self._dir(tx, ino, caller, R_OK)
-            entries = tx.list_entries(ino)
             if not plus:
-                return [(n, i, t, None) for n, i, t in entries]
-            return [(n, i, t, self._overlay(i, self._attr(tx, i))) for n, i, t in entries]
+                return [(n, i, t, None) for n, i, t in tx.list_entries(ino)]
+            return [
+                (n, i, t, self._overlay(i, a if a is not None else self._attr(tx, i)))
+                for n, i, t, a in tx.list_entries_attrs(ino)
+            ]
 
         return self._read(run)
 

@@ -127,6 +127,14 @@ UPDATE_DIR_STATS = (
     "used_inodes = used_inodes + excluded.used_inodes"
 )
 DELETE_DIR_STATS = "DELETE FROM jfs_dir_stats WHERE inode = ?"
+# every entry of a directory with its inode's row (NULLs when it has none), in one statement
+LIST_ENTRIES_ATTRS = (
+    "SELECT CAST(e.name AS BLOB), e.inode, e.type, n.inode IS NOT NULL, "
+    + ", ".join(f"n.{c}" if c[0].isalpha() and "(" not in c else c.replace("(", "(n.", 1)
+                for c in _NODE_COLUMNS.split(", "))
+    + " FROM jfs_edge e LEFT JOIN jfs_node n ON n.inode = e.inode WHERE e.parent = ? "
+    "ORDER BY e.name"
+)  # fmt: skip
 GET_DIR_STATS = "SELECT data_length, used_space, used_inodes FROM jfs_dir_stats WHERE inode = ?"
 
 # --------------------------------------------------------------------------- conversions
@@ -310,6 +318,12 @@ class SQLiteTxn(MetaTxn):
         if after is None:
             return self._cur.execute(LIST_ENTRIES, (parent, sql_limit)).fetchall()
         return self._cur.execute(LIST_ENTRIES_AFTER, (parent, after, sql_limit)).fetchall()
+
+    def list_entries_attrs(self, parent: int) -> list[tuple[bytes, int, int, Attr | None]]:
+        return [
+            (row[0], row[1], row[2], _attr_from_row(row[4:]) if row[3] else None)
+            for row in self._cur.execute(LIST_ENTRIES_ATTRS, (parent,))
+        ]
 
     def has_entries(self, parent: int) -> bool:
         return self._cur.execute(HAS_ENTRIES, (parent,)).fetchone() is not None
