@@ -119,10 +119,21 @@ def _open_index(version: Volume, objects: Any, workdir: Path) -> Any:
     return store_cls.open(where / "meta", read_only=True), where
 
 
-def index_blocks(version: Volume, objects: Any, workdir: Path) -> dict[str, int]:
-    """Block key -> size of every block that ``version``'s index references."""
+def index_blocks(version: Volume, objects: Any, workdir: Path, *, check: bool = False) -> dict[str, int]:
+    """Block key -> size of every block that ``version``'s index references. With ``check``,
+    also assert that the index passes the metadata check and carries its pins."""
     meta, where = _open_index(version, objects, workdir)
     try:
+        if check:
+            from ..engine.check import check_metadata
+            from ..pins import FOREIGN_CHUNK, SLICE_PIN
+
+            problems = check_metadata(meta)
+            assert not problems, f"published index {version.index.path}: {problems[:5]}"
+            with meta.transaction() as tx:
+                assert tx.get_counter("nextChunk") == FOREIGN_CHUNK, "nextChunk not in the foreign lane"
+                low = [r for r in tx.slice_refs() if r[2] < SLICE_PIN]
+                assert not low, f"published slice counts without their pin: {low[:5]}"
         fmt = meta.load_format()
         block_size = fmt.BlockSize << 10
         hash_prefix = bool(fmt.HashPrefix)
@@ -389,7 +400,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         if fork_of is not None:
             blocks = fork_of.blocks
         else:
-            blocks = index_blocks(vol, self.objects, self.workdir)
+            blocks = index_blocks(vol, self.objects, self.workdir, check=True)
             for key, size in blocks.items():
                 assert self.objects.head(key).size == size, f"published index references {key}, missing"
         self.check_lineage(vol)
