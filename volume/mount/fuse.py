@@ -64,7 +64,9 @@ UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
 FUSE_READDIR_PLUS = 1  # readdir flag: the kernel wants attributes with the names
 FUSE_FILL_DIR_PLUS = 2  # filler flag: this entry carries full attributes
+FUSE_CAP_AUTO_INVAL_DATA = 1 << 12  # the kernel drops a file's pages when it sees a new mtime
 DIR_HANDLE = 1 << 63  # set in directory handles (their inode), never in engine file handles
+REINVALIDATE_SECONDS = 0.05  # kernel lookups in flight during an in-process change answer by then
 CACHE_LIMIT = 100_000  # entries per translator cache; a cache is dropped whole past this
 CAPABILITY = "security.capability"  # the kernel asks for it before every write
 HIDDEN_NAME = re.compile(r"\.fuse_hidden[0-9a-f]{16}")  # libfuse's names for unlinked open files
@@ -174,6 +176,10 @@ class EngineOperations:
         self.engine = engine
         self._inodes: dict[str, int] = {"/": ROOT_INODE}
         self._generation = 0  # bumped whenever the path cache is dropped
+        self._later: set[str] = set()  # paths to invalidate again (see namespace_changed)
+        self._later_lock = threading.Lock()
+        self._later_timer: threading.Timer | None = None
+        self.closed = False  # set once the mount is gone: no more kernel notifications
         self._handle_inodes: dict[int, int] = {}
         # Inodes known to have no security.capability: the kernel checks it (to drop file
         # capabilities) before every write, which would otherwise cost a metadata transaction.
@@ -242,6 +248,8 @@ class EngineOperations:
     def _invalidate(self, paths: list[str]) -> None:
         """Drop the kernel's attributes and pages of these names (other names of an inode this
         request changed; never the request's own, which the kernel is busy with)."""
+        if self.closed or self._fuse is None:
+            return  # the session is ending: its struct fuse is about to go
         for path in paths:
             _libfuse().fuse_invalidate_path(self._fuse, os.fsencode(path))
 
@@ -290,15 +298,36 @@ class EngineOperations:
 
     # ------------------------------------------------------------------ changes made in-process
 
-    def namespace_changed(self, names: list[str]) -> None:
-        """Names were created, removed or moved in-process: forget every cached path and drop
-        the kernel's attributes and pages of the cached paths ending in those names."""
+    def namespace_changed(self, entries: list[tuple[int, str]]) -> None:
+        """Entries ``(parent inode, name)`` were created, removed or moved in-process: forget
+        every cached path and drop the kernel's attributes and pages of those names (and of the
+        cached paths ending in them). A kernel lookup in flight during the change may re-cache
+        the old name, so the invalidation is repeated once such lookups have answered."""
         old = self._inodes
         self._drop_paths()
         if self._fuse is None:
             return
-        tails = tuple("/" + n for n in names)
-        self._invalidate([p for p in old if p != "/" and p.endswith(tails)])
+        paths = {p for p in old if p != "/" and p.endswith(tuple("/" + n for _, n in entries))}
+        for parent, name in entries:
+            heads = ["/"] if parent == ROOT_INODE else [p for p, i in old.items() if i == parent]
+            paths.update(f"{head.rstrip('/')}/{name}" for head in heads)
+        self._invalidate(sorted(paths))
+        self._invalidate_later(sorted(paths))
+
+    def _invalidate_later(self, paths: list[str]) -> None:
+        if not paths:
+            return
+        with self._later_lock:
+            self._later.update(paths)
+            if self._later_timer is None:
+                self._later_timer = threading.Timer(REINVALIDATE_SECONDS, self._invalidate_again)
+                self._later_timer.daemon = True
+                self._later_timer.start()
+
+    def _invalidate_again(self) -> None:
+        with self._later_lock:  # held: stop() cannot end the session meanwhile
+            paths, self._later, self._later_timer = sorted(self._later), set(), None
+            self._invalidate(paths)
 
     def inode_changed(self, ino: int) -> None:
         """An inode's attributes or bytes changed in-process: drop the kernel's copies."""
@@ -610,6 +639,7 @@ class EngineOperations:
     def init_with_config(self, conn: Any, config: Any) -> None:
         """Ask for 1 MiB requests (libfuse caps them at its buffer size)."""
         self._fuse = _libfuse().fuse_get_context().contents.fuse
+        conn.want &= ~FUSE_CAP_AUTO_INVAL_DATA  # see FuseMount.start: kernel_cache instead
         conn.max_write = MAX_IO
         conn.max_readahead = MAX_IO  # the kernel keeps the smaller of this and its own
 
@@ -932,7 +962,12 @@ class FuseMount:
         if read_only:
             options.update(ro=True, kernel_cache=True)  # nothing changes: keep the page cache
         else:
-            options["auto_cache"] = True  # keep the page cache while mtime and size agree
+            # Keep the page cache across opens: every change reaches it, through the kernel's
+            # write-through or our invalidations of in-process changes. Invalidating it on open
+            # (auto_cache) or on a changed mtime (auto_inval_data) races the kernel's
+            # write-through, which unlocks a written page before its WRITE is answered: a reader
+            # could cache the old bytes and the writer read them back.
+            options["kernel_cache"] = True
         mount = cls(engine, mount_path, options)
         previous_handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGHUP, signal.SIGTERM)}
         mount._thread.start()
@@ -1032,6 +1067,8 @@ class FuseMount:
             if self._stopped:
                 return
             self._stopped = True
+        with self.operations._later_lock:
+            self.operations.closed = True
         atexit.unregister(self._stop_at_exit)
         deadline = time.monotonic() + timeout
         pause = 0.01
