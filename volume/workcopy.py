@@ -291,7 +291,8 @@ def _install_signal_handlers() -> None:
     if _handlers_installed or threading.current_thread() is not threading.main_thread():
         return
     _handlers_installed = True
-    for sig, default in ((signal.SIGTERM, signal.SIG_DFL), (signal.SIGINT, signal.default_int_handler)):
+    defaults = ((signal.SIGTERM, signal.SIG_DFL), (signal.SIGINT, signal.default_int_handler))
+    for sig, default in defaults:
         if signal.getsignal(sig) is default:
             signal.signal(sig, _on_signal)
 

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 
@@ -73,7 +72,7 @@ WORKER = textwrap.dedent(
                 with open(os.path.join(mine, name), "rb") as f:
                     got = f.read()
                 if got != expected[name]:
-                    fail(f"private {name}: {len(got)} bytes differ from the {len(expected[name])} written")
+                    fail(f"private {name}: {len(got)} bytes, not the {len(expected[name])} written")
             elif op == "publish":
                 tmp = os.path.join(rng.choice(shared_dirs), f".tmp-{wid}-{ops}")
                 with open(tmp, "wb") as f:
