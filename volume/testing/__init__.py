@@ -21,6 +21,13 @@ _EXPORTS = {
     "FSMachine": "volume.testing.fsmachine",
     "EngineMachine": "volume.testing.fsmachine",
     "OsDir": "volume.testing.fsmachine",
+    "LifecycleMachine": "volume.testing.lifecycle_machine",
+    "Fault": "volume.testing.faults",
+    "FaultPlan": "volume.testing.faults",
+    "FaultyObjectStore": "volume.testing.faults",
+    "Recorder": "volume.testing.faults",
+    "RecordingObjectStore": "volume.testing.faults",
+    "wrap_lifecycle_stores": "volume.testing.faults",
 }
 
 __all__ = sorted(_EXPORTS)
