@@ -720,12 +720,20 @@ class LifecycleMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.published)
     @rule(i=PICK, data=st.data())
     def migrate(self, i: int, data: st.DataObject) -> None:
+        current = pick(self.published, i).vol.metadata_store_type
+        others = [t for t in self.store_types if t != current]
+        if not others or data.draw(st.booleans(), label="same type"):
+            self.migrate_to(i, current)
+        else:
+            self.migrate_to(i, data.draw(st.sampled_from(others), label="target type"))
+
+    def migrate_to(self, i: int, target: str) -> None:
+        """Migrate version ``i`` to store type ``target`` (its own type: refused, typed)."""
         source = pick(self.published, i)
         current = source.vol.metadata_store_type
         before = len(self.recorder)
         self.recorder.tag = self.fresh("migrate")
-        others = [t for t in self.store_types if t != current]
-        if not others or data.draw(st.booleans(), label="same type"):
+        if target == current:
             try:  # bad input: migrate to the type it already has
                 source.vol.migrate_metadata_store_type(current)
             except VolumeMigrateNoop:
@@ -734,7 +742,6 @@ class LifecycleMachine(RuleBasedStateMachine):
                 raise AssertionError("a migration to the same store type was accepted")
             assert not [e for e in self.recorder.since(before) if e.op == "put"]
             return
-        target = data.draw(st.sampled_from(others), label="target type")
         moved = source.vol.migrate_metadata_store_type(target)
         assert moved.metadata_store_type == target and moved.index.format == target
         assert moved.parent_produced_by == source.vol.produced_by
