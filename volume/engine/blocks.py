@@ -24,6 +24,7 @@ log = logging.getLogger("volume.engine.blocks")
 
 UPLOAD_ATTEMPTS = 3
 MAX_UNSYNCED = 65536  # stored keys remembered for the next sync; past it the whole store is synced
+DRAIN_ROUNDS = 3  # rounds of retries of failed uploads in one drain
 RETRY_INTERVAL = 0.25  # seconds between retries of failed uploads while writers wait
 LOCAL_UPLOAD_WORKERS = 4
 
@@ -281,21 +282,25 @@ class BlockStore:
     def drain(self, timeout: float | None = None) -> None:
         """Wait until every block handed over exists in the store.
 
-        Failed uploads are retried once more here. Raises :class:`VolumeCommitError` when a block
-        cannot be uploaded or the wait exceeds ``timeout``; the blocks stay pending (and
-        readable), so a later drain can still succeed.
+        Failed uploads are retried here, in up to ``DRAIN_ROUNDS`` rounds (attempts that were
+        already failing when the store came back do not fail the drain). Raises
+        :class:`VolumeCommitError` when a block cannot be uploaded or the wait exceeds
+        ``timeout``; the blocks stay pending (and readable), so a later drain can still succeed.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            self._retry_failed_locked(now=True)
-            while self._inflight_uploads:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise VolumeCommitError(
-                        f"{self._inflight_uploads} block uploads did not finish within "
-                        f"{timeout} s; nothing was published; retry the commit"
-                    )
-                self._cond.wait(remaining)
+            for _ in range(DRAIN_ROUNDS):
+                self._retry_failed_locked(now=True)
+                while self._inflight_uploads:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise VolumeCommitError(
+                            f"{self._inflight_uploads} block uploads did not finish within "
+                            f"{timeout} s; nothing was published; retry the commit"
+                        )
+                    self._cond.wait(remaining)
+                if not self._failed:
+                    return
             if self._failed:
                 key, exc = next(iter(self._failed.items()))
                 raise VolumeCommitError(

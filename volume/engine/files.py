@@ -104,6 +104,9 @@ class FileOps:
                 return
             if self._open.get(oi.ino) is oi:
                 del self._open[oi.ino]
+            if oi.writer is not None:  # its flush failed, and the close reported it
+                oi.writer.abandon()
+                oi.writer = None
             drop = oi.unlinked and not self.read_only and not self._frozen
         if drop:
             with self._publishing() as tx:
@@ -449,14 +452,18 @@ class FileOps:
         if plan.copies:
             new_id = self._alloc("slice")
             writer = SliceWriter(self.blocks, new_id, 0)
-            for piece in plan.copies:
-                data = (
-                    self.blocks.read(piece.id, piece.size, piece.off, piece.length, inode=ino)
-                    if piece.id
-                    else bytes(piece.length)
-                )
-                writer.write(writer.end, data)
-            writer.finish()
+            try:
+                for piece in plan.copies:
+                    data = (
+                        self.blocks.read(piece.id, piece.size, piece.off, piece.length, inode=ino)
+                        if piece.id
+                        else bytes(piece.length)
+                    )
+                    writer.write(writer.end, data)
+                writer.finish()
+            except BaseException:
+                writer.abandon()
+                raise
         replacement = plan.records(new_id)
         with self._publishing() as tx:
             current = tx.read_chunk(ino, indx)

@@ -87,6 +87,12 @@ class SliceWriter:
         self.buf, self.fill = None, 0
         return SliceRecord(self.pos, self.id, self.length, 0, self.length)
 
+    def abandon(self) -> None:
+        """Drop the unhanded buffer (its bytes are lost) and its accounting."""
+        if self.buf is not None:
+            self.blocks.buffered(-len(self.buf))
+        self.buf, self.fill = None, 0
+
 
 @dataclass
 class FileWriter:
@@ -98,3 +104,9 @@ class FileWriter:
     dirty: bool = False
     #: the caller whose write must clear set-user-ID/set-group-ID bits when it is published
     kill_suid_for: Caller | None = None
+
+    def abandon(self) -> None:
+        """Drop every unpublished slice (after a failure that was reported to the caller)."""
+        for sw in self.slices.values():
+            sw.abandon()
+        self.slices.clear()
