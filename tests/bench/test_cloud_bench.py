@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import statistics
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -223,3 +224,48 @@ def test_volume_bench_against_the_juicefs_client(kind, request, tmp_path, unique
     for row in ours.rows:
         print(f"{row.item:>18} {row.value / theirs.row(row.item).value:>13.2f}")
     assert [r.item for r in ours.rows] == [r.item for r in theirs.rows]
+
+
+# --------------------------------------------------------------------------- memory bound
+
+_WRITER = r"""
+import os, sys, time
+from volume import Volume
+from volume.engine import PathFS
+uri, meta, total, buffer_mb = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+rw = Volume.new("rss-bench", bucket=uri).mount(meta_dir=meta, transport="none",
+                                               buffer_size_mb=buffer_mb)
+before = hwm()
+fs = PathFS(rw._mount.engine)
+fd = fs.open("/big", os.O_WRONLY | os.O_CREAT)
+piece = os.urandom(1 << 20)
+started = time.monotonic()
+for n in range(total >> 20):
+    fs.write(fd, piece, n << 20)
+fs.close(fd)
+rw.finalize("rss")
+print(before, hwm(), time.monotonic() - started)
+"""
+
+
+def test_peak_rss_while_writing_stays_under_the_buffer(s3_env, tmp_path, unique_prefix):
+    """Writing ``VOLUME_BENCH_RSS_BYTES`` (default 2 GiB) through a volume on moto keeps the
+    writer's peak RSS under ``buffer_size_mb`` + 200 MiB (the issue's bound)."""
+    total = int(os.environ.get("VOLUME_BENCH_RSS_BYTES", 2 << 30))
+    buffer_mb = 100
+    result = subprocess.run(
+        [sys.executable, "-c", _WRITER, f"s3://{S3_BUCKET}/{unique_prefix}", str(tmp_path / "m"),
+         str(total), str(buffer_mb)],
+        capture_output=True, text=True, timeout=3600, env=os.environ.copy(),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    before, peak, seconds = result.stdout.split()
+    peak_mib, before_mib = int(peak) / MiB, int(before) / MiB
+    print(f"\nwrote {total / MiB:.0f} MiB to moto in {float(seconds):.1f} s; writer RSS peak "
+          f"{peak_mib:.0f} MiB (after mount {before_mib:.0f} MiB); bound buffer {buffer_mb} MiB "
+          f"+ 200 MiB = {buffer_mb + 200} MiB")
+    assert peak_mib <= buffer_mb + 200, (peak_mib, before_mib)
