@@ -12,8 +12,8 @@ them before it waits on anything but a lock below the one it holds:
    ``copy_file_range``, which takes its two in ascending inode order.
 2. ``Engine._table_lock`` -- the open-inode and handle tables. Held briefly; inside it a thread
    may run a metadata transaction (open reads a length, unlink and rename decide "still open?"
-   atomically with their change), but never takes an inode lock, never touches the object store
-   and never waits for an upload.
+   atomically with their change, ``snapshot`` copies the store), but never takes an inode lock,
+   never touches the object store and never waits for an upload.
 3. ``Engine._ids_lock`` -- the inode and slice id batches; a refill is one metadata transaction.
 4. The metadata store's own lock, held for one transaction.
 5. ``BlockStore``'s condition (uploads in flight, back-pressure) and the compaction queue's
@@ -23,8 +23,8 @@ Consequences: object-store I/O (uploads, reads, compaction copies) happens with 
 lock held, never with the table lock; an inode whose last handle is being closed is flushed under
 its own lock first, and only then is it removed from the table under the table lock.
 
-An inode's :class:`OpenInode` exists while something *pins* it: an open handle, or a data
-operation on an inode without one (truncate through a path, fallocate, copy_file_range). Its
+An inode's :class:`OpenInode` exists while something *pins* it: an open handle, or a truncate
+through a path (fallocate and copy_file_range work on handles). Its
 ``length`` is read from the metadata when the first pin creates it and changed afterwards only
 under its lock, so every data operation sees the length the last one left.
 """
