@@ -749,6 +749,12 @@ class _LibfuseSession(mfusepy.FUSE if mfusepy is not None else object):  # type:
             self._str(path_out), fip_out.contents.fh, off_out, size, flags,
         )  # fmt: skip
 
+    def fgetattr(self, path: bytes | None, buf: Any, fip: Any) -> int:
+        # mfusepy's, with the stat filled by _fill_stat (getattr is the commonest call)
+        ctypes.memset(buf, 0, ctypes.sizeof(mfusepy.c_stat))
+        _fill_stat(buf.contents, self.operations.getattr(self._str(path), self._fh(fip)))
+        return 0
+
     def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
         # the engine may answer with any bytes-like object (a bytearray from its write buffers)
         data = self.operations.read(self._str(path), size, offset, fip.contents.fh)
@@ -773,12 +779,27 @@ class _LibfuseSession(mfusepy.FUSE if mfusepy is not None else object):  # type:
                 fill, fill_flags = None, 0
             else:
                 ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
-                mfusepy.set_st_attrs(st, attrs, use_ns=True)
+                _fill_stat(st, attrs)
                 fill = st
                 fill_flags = FUSE_FILL_DIR_PLUS if plus and name not in (b".", b"..") else 0
             if filler(buf, name, fill, 0, fill_flags):
                 break  # libfuse's buffer is full
         return 0
+
+
+_TIMESPECS = {"st_atime": "st_atimespec", "st_mtime": "st_mtimespec", "st_ctime": "st_ctimespec"}
+
+
+def _fill_stat(st: Any, attrs: dict[str, int]) -> None:
+    """``mfusepy.set_st_attrs(st, attrs, use_ns=True)`` for the keys :func:`_stat` makes (all
+    fields of the struct), without its per-key probing of the struct."""
+    for key, value in attrs.items():
+        spec = _TIMESPECS.get(key)
+        if spec is None:
+            setattr(st, key, value)
+        else:
+            ts = getattr(st, spec)
+            ts.tv_sec, ts.tv_nsec = divmod(value, 1_000_000_000)
 
 
 def _utime(ts: Any) -> int | object | None:
