@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import pytest
 
@@ -21,5 +22,11 @@ class TestS3ObjectStore(ObjectStoreTests):
 
     @pytest.fixture
     def store_factory(self, store, s3_env):
-        # the endpoint travels explicitly: the other processes must not depend on our env
-        return functools.partial(S3ObjectStore.from_uri, store.uri, endpoint=s3_env.url)
+        # the endpoint and credentials travel explicitly: the race's processes may come from a
+        # fork server started before this test's environment
+        return functools.partial(_open_with_env, dict(s3_env.env), store.uri)
+
+
+def _open_with_env(env: dict[str, str], uri: str) -> S3ObjectStore:
+    os.environ.update(env)
+    return S3ObjectStore.from_uri(uri)

@@ -140,8 +140,11 @@ class ObstoreObjectStore(ObjectStore):
 
     def put(self, key: str, data: bytes | memoryview, *, if_absent: bool = False) -> None:
         path = self._path(key)
-        payload = data if isinstance(data, bytes) else memoryview(data).tobytes()
-        self._put(key, path, payload, if_absent)
+        # obstore reads any contiguous buffer without a copy, and has sent it when put returns
+        view = data if isinstance(data, bytes) else memoryview(data)
+        if isinstance(view, memoryview):
+            view = view.cast("B") if view.contiguous else view.tobytes()
+        self._put(key, path, view, if_absent)
 
     def _put(self, key: str, path: str, payload: Any, if_absent: bool) -> None:
         try:
