@@ -24,8 +24,8 @@ import pytest
 from volume import Volume, workcopy
 from volume.errors import VolumeBucketNotEmpty
 
-# 2,000 files in the default run (10,000 take ~150 s on a shared 2-core machine; set
-# VOLUME_CRASH_FILES=10000 for the full default of the JuiceFS test); 100,000 under -m slow
+# 2,000 files in the default run: 10,000 (the JuiceFS test's count) took 73-151 s on a shared 2-core
+# machine; VOLUME_CRASH_FILES=10000 runs them. 100,000 under -m slow.
 CRASH_FILES = int(os.environ.get("VOLUME_CRASH_FILES", "2000"))
 
 MOUNTER = textwrap.dedent(
