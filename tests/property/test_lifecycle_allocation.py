@@ -10,21 +10,21 @@ from __future__ import annotations
 
 import heapq
 import json
-import subprocess
-import sys
 import os
 import secrets
+import subprocess
+import sys
 import time
 import uuid
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
 
-from volume import Volume
-from volume import allocator
+from volume import Volume, allocator
 from volume.allocator import DOMAIN_BITS, FOREIGN_DOMAIN, MAX_DOMAIN, claim_domain, ledger_prefix
 from volume.errors import ObjectExists, VolumeSystemError
 from volume.stores import ObjectInfo

@@ -9,7 +9,7 @@ commit published nothing or a complete version, never half of one.
 from __future__ import annotations
 
 import hashlib
-import json
+import inspect
 import os
 import random
 import signal
@@ -18,7 +18,6 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -157,9 +156,11 @@ def test_fault_during_fork_claim_is_typed_and_publishes_nothing(tmp_path: Path) 
         rw._mount.pathfs.write_bytes("/a", b"a")
         base = rw.finalize("base")
         plan = FaultPlan([Fault(POINTS["claim"], "fail", times=100)])
-        with wrap_lifecycle_stores(lambda s: FaultyObjectStore(s, plan)):
-            with pytest.raises(VolumeError):
-                base.fork("child")
+        with (
+            wrap_lifecycle_stores(lambda s: FaultyObjectStore(s, plan)),
+            pytest.raises(VolumeError),
+        ):
+            base.fork("child")
         assert set(audit(bucket, {"base": {"a": b"a"}}, tmp_path)) == {"base"}
     finally:
         MemoryObjectStore.reset(bucket[len("memory://") :])
@@ -187,23 +188,28 @@ for k in range(10_000):
     print("committed", k, flush=True)
 """
 
-OPS = r"""
-def ops(k):
+
+def ops(k: int) -> list[tuple[str, bytes | None]]:
+    """The writer's step ``k``: (path, new content or None for a delete). Sent to the writer
+    as source, so both sides replay the same steps."""
     import random
-    out = [(f"f{k % 4}", random.Random(k).randbytes((37_000 * k) % 600_001))]
+
+    out: list[tuple[str, bytes | None]] = [
+        (f"f{k % 4}", random.Random(k).randbytes((37_000 * k) % 600_001))
+    ]
     if k % 3 == 0:
         out.append((f"f{(k + 1) % 4}", None))
     return out
-"""
+
+
+OPS = "from __future__ import annotations\n" + inspect.getsource(ops)
 
 
 def _expected_versions(upto: int) -> dict[str, dict[str, bytes]]:
-    scope: dict[str, Any] = {}
-    exec(OPS, scope)
     content: dict[str, bytes] = {}
     out = {}
     for k in range(upto + 1):
-        for path, data in scope["ops"](k):
+        for path, data in ops(k):
             if data is None:
                 content.pop(path, None)
             else:
@@ -213,7 +219,9 @@ def _expected_versions(upto: int) -> dict[str, dict[str, bytes]]:
 
 
 @pytest.mark.parametrize("when", ["writing", "committing"])
-def test_sigkill_of_the_writer_leaves_every_published_version_whole(tmp_path: Path, when: str) -> None:
+def test_sigkill_of_the_writer_leaves_every_published_version_whole(
+    tmp_path: Path, when: str
+) -> None:
     kills = 8 if SLOW else 3
     rnd = random.Random(when)
     for n in range(kills):
@@ -226,7 +234,9 @@ def test_sigkill_of_the_writer_leaves_every_published_version_whole(tmp_path: Pa
             while True:
                 line = proc.stdout.readline().split()
                 assert line, proc.stderr.read()[-2000:]
-                if int(line[1]) >= target and line[0] == ("committing" if when == "committing" else "committed"):
+                if int(line[1]) >= target and line[0] == (
+                    "committing" if when == "committing" else "committed"
+                ):
                     break
             time.sleep(rnd.uniform(0, 0.05 if when == "committing" else 0.3))
             os.kill(proc.pid, signal.SIGKILL)

@@ -17,14 +17,15 @@ import time
 from pathlib import Path
 
 import pytest
+from volume_sqlite import SQLiteMetaStore
 
 from tests.jfsclient import SKIP_REASON, juicefs_binary
 from volume import ROVolume, Volume
 from volume.allocator import DOMAIN_BITS, FOREIGN_DOMAIN
 from volume.engine.check import check_metadata
+from volume.errors import VolumeError
 from volume.pins import FOREIGN_CHUNK, SLICE_PIN
 from volume.testing.lifecycle_machine import read_tree
-from volume_sqlite import SQLiteMetaStore
 
 JUICEFS = juicefs_binary()
 FUSE = os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
@@ -105,13 +106,15 @@ def chunk_keys(bucket: str) -> set[str]:
     return {str(p.relative_to(root)) for p in (root / "fam" / "chunks").rglob("*") if p.is_file()}
 
 
-def reads_back(versions: dict[str, tuple[ROVolume, dict[str, bytes]]], tmp: Path) -> dict[str, bool]:
+def reads_back(
+    versions: dict[str, tuple[ROVolume, dict[str, bytes]]], tmp: Path
+) -> dict[str, bool]:
     out = {}
     for name, (version, content) in versions.items():
         try:
             with version.mount(transport="none", meta_dir=tmp / f"ro-{name}") as ro:
                 out[name] = read_tree(ro._mount.pathfs) == content
-        except Exception:
+        except (VolumeError, OSError):
             out[name] = False
     return out
 

@@ -95,7 +95,7 @@ def test_fork_of_a_migrated_version_and_migrating_back() -> None:
     replay(
         lambda m: m.first_volume(seed=0),
         lambda m: m.commit(i=0),
-        lambda m: m.migrate_to(0, [t for t in types if t != m.default_type][0]),
+        lambda m: m.migrate_to(0, next(t for t in types if t != m.default_type)),
         lambda m: m.fork(i=1, of_version=True),
         lambda m: m.mount_rw(i=0),
         lambda m: m.write(i=1, path="z", seed=3, size=4096),

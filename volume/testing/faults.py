@@ -25,8 +25,9 @@ import hashlib
 import re
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Literal
+from typing import Literal
 
 from ..errors import ObjectStoreError
 from ..stores import ObjectInfo, ObjectStore

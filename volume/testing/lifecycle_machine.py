@@ -45,7 +45,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -61,8 +61,8 @@ from .. import lifecycle, plugins
 from ..allocator import DOMAIN_BITS
 from ..errors import (
     PluginNotFound,
-    VolumeBucketNotEmpty,
     VolumeAlreadyMounted,
+    VolumeBucketNotEmpty,
     VolumeIndexCorrupt,
     VolumeMigrateNoop,
     VolumeNotForkable,
@@ -73,7 +73,7 @@ from ..juicefs import block_key, iter_slice_ids, slice_blocks
 from ..model import File, ROVolume, RWVolume, Volume
 from .faults import Recorder, RecordingObjectStore, StoreEvent, wrap_lifecycle_stores
 
-__all__ = ["LifecycleMachine", "read_tree", "index_blocks", "dump_of"]
+__all__ = ["LifecycleMachine", "dump_of", "index_blocks", "read_tree"]
 
 PATHS = ("a", "b", "c", "d/x", "d/y")
 BAD_INPUTS = ("mount twice", "commit unmounted", "other store type", "corrupted index")
@@ -119,7 +119,9 @@ def _open_index(version: Volume, objects: Any, workdir: Path) -> Any:
     return store_cls.open(where / "meta", read_only=True), where
 
 
-def index_blocks(version: Volume, objects: Any, workdir: Path, *, check: bool = False) -> dict[str, int]:
+def index_blocks(
+    version: Volume, objects: Any, workdir: Path, *, check: bool = False
+) -> dict[str, int]:
     """Block key -> size of every block that ``version``'s index references. With ``check``,
     also assert that the index passes the metadata check and carries its pins."""
     meta, where = _open_index(version, objects, workdir)
@@ -131,7 +133,9 @@ def index_blocks(version: Volume, objects: Any, workdir: Path, *, check: bool = 
             problems = check_metadata(meta)
             assert not problems, f"published index {version.index.path}: {problems[:5]}"
             with meta.transaction() as tx:
-                assert tx.get_counter("nextChunk") == FOREIGN_CHUNK, "nextChunk not in the foreign lane"
+                assert tx.get_counter("nextChunk") == FOREIGN_CHUNK, (
+                    "nextChunk not in the foreign lane"
+                )
                 low = [r for r in tx.slice_refs() if r[2] < SLICE_PIN]
                 assert not low, f"published slice counts without their pin: {low[:5]}"
         fmt = meta.load_format()
@@ -190,7 +194,7 @@ class Handle:
     data: dict[int, bytes] = field(default_factory=dict)
     base: dict[str, bytes] = field(default_factory=dict)  # what its index holds
     base_links: dict[str, int] = field(default_factory=dict)
-    origin: Optional[Published] = None  # the version its index is (fork source or last commit)
+    origin: Published | None = None  # the version its index is (fork source or last commit)
     next_ino: int = 1
     formatted: bool = False  # mounted once (a never-committed one then owns its name)
 
@@ -201,7 +205,7 @@ class Handle:
     def files(self) -> dict[str, bytes]:
         return {p: self.data[i] for p, i in self.paths.items()}
 
-    def reset(self, content: dict[str, bytes], links: Optional[dict[str, int]] = None) -> None:
+    def reset(self, content: dict[str, bytes], links: dict[str, int] | None = None) -> None:
         """The model of a fresh mount of an index holding ``content``, whose paths with equal
         numbers in ``links`` are hard links of one file."""
         links = links or {}
@@ -235,7 +239,7 @@ class LifecycleMachine(RuleBasedStateMachine):
     """Random lifecycles of one volume family (and its forks) on one bucket."""
 
     #: metadata store type of new volumes (None: the first installed, sqlite when present)
-    meta_store_type: ClassVar[Optional[str]] = None
+    meta_store_type: ClassVar[str | None] = None
     #: check every published version after every step (slow); else the newest and one in turn
     check_all_versions: ClassVar[bool] = False
 
@@ -248,7 +252,6 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     def did(self, what: str) -> None:
         type(self).totals[what] += 1
-
 
     # ------------------------------------------------------------------ plumbing
 
@@ -272,7 +275,9 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.bucket = self.make_bucket()
         installed = plugins.names(plugins.META_STORES)
         self.store_types = installed
-        self.default_type = self.meta_store_type or ("sqlite" if "sqlite" in installed else installed[0])
+        self.default_type = self.meta_store_type or (
+            "sqlite" if "sqlite" in installed else installed[0]
+        )
         self.recorder = Recorder(tag="setup")
         self._hook = wrap_lifecycle_stores(lambda s: RecordingObjectStore(s, self.recorder))
         self._hook.__enter__()
@@ -291,7 +296,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.counter = 0
         self.steps = 0
         self.rotation = 0
-        self.family: Optional[str] = None
+        self.family: str | None = None
 
     def teardown(self) -> None:
         try:
@@ -360,7 +365,9 @@ class LifecycleMachine(RuleBasedStateMachine):
         """``p`` mounts read-only and reads back exactly its model; its document is intact."""
         with p.vol.mount(transport="none", meta_dir=self.version_dir(p)) as ro:
             got = read_tree(ro._mount.pathfs)
-        assert got == p.files, f"version {p.vol.index.path} reads back {sorted(got)}, expected {sorted(p.files)}"
+        assert got == p.files, (
+            f"version {p.vol.index.path} reads back {sorted(got)}, expected {sorted(p.files)}"
+        )
         assert self.objects.get(self.doc_key(p.vol)) == p.document
         if heads:
             for key, size in p.blocks.items():
@@ -376,8 +383,13 @@ class LifecycleMachine(RuleBasedStateMachine):
         return Volume.from_locator(locator)
 
     def record(
-        self, vol: ROVolume, files: dict[str, bytes], handle: Optional[Handle], *,
-        fork_of: Optional[Published] = None, links: Optional[dict[str, int]] = None,
+        self,
+        vol: ROVolume,
+        files: dict[str, bytes],
+        handle: Handle | None,
+        *,
+        fork_of: Published | None = None,
+        links: dict[str, int] | None = None,
     ) -> Published:
         """Check a just-published version (a fork point when ``fork_of``) and remember it."""
         assert vol.index is not None and vol.produced_by and vol.produced_by.locator
@@ -394,15 +406,21 @@ class LifecycleMachine(RuleBasedStateMachine):
         assert self.load_locator(vol.produced_by.locator).model_dump() == vol.model_dump()
         if handle is not None:
             for name in ("name", "bucket", "storage", "region", "metadata_store_type"):
-                assert getattr(vol, name) == getattr(handle.vol, name), f"{name} changed in a commit"
+                assert getattr(vol, name) == getattr(handle.vol, name), (
+                    f"{name} changed in a commit"
+                )
             expected = handle.origin.vol.produced_by if handle.origin else None
-            assert vol.parent_produced_by == expected, "a commit's parent is not the version before it"
+            assert vol.parent_produced_by == expected, (
+                "a commit's parent is not the version before it"
+            )
         if fork_of is not None:
             blocks = fork_of.blocks
         else:
             blocks = index_blocks(vol, self.objects, self.workdir, check=True)
             for key, size in blocks.items():
-                assert self.objects.head(key).size == size, f"published index references {key}, missing"
+                assert self.objects.head(key).size == size, (
+                    f"published index references {key}, missing"
+                )
         self.check_lineage(vol)
         if links is None:
             links = fork_of.links if fork_of is not None else {}
@@ -447,13 +465,16 @@ class LifecycleMachine(RuleBasedStateMachine):
             chosen = self.published
         else:
             self.rotation += 1
-            chosen = {id(p): p for p in (self.published[-1], self.published[self.rotation % len(self.published)])}.values()
+            chosen = {
+                id(p): p
+                for p in (self.published[-1], self.published[self.rotation % len(self.published)])
+            }.values()
         for p in chosen:
             self.check_version(p)
 
     # ------------------------------------------------------------------ creating and mounting
 
-    def new_handle(self, vol: RWVolume, tag: str, origin: Optional[Published]) -> Handle:
+    def new_handle(self, vol: RWVolume, tag: str, origin: Published | None) -> Handle:
         h = Handle(vol, tag, origin=origin)
         if origin is not None:
             h.base, h.base_links = dict(origin.files), dict(origin.links)
@@ -489,7 +510,9 @@ class LifecycleMachine(RuleBasedStateMachine):
     @rule()
     def new(self) -> None:
         tag = self.fresh("new")
-        vol = Volume.new(self.fresh("vol"), bucket=self.bucket, metadata_store_type=self.default_type)
+        vol = Volume.new(
+            self.fresh("vol"), bucket=self.bucket, metadata_store_type=self.default_type
+        )
         self.did("new")
         self.new_handle(vol, tag, None)
 
@@ -685,7 +708,9 @@ class LifecycleMachine(RuleBasedStateMachine):
         self._forked(source.vol.fork(self.fresh("child")), tag, source)
 
     def _forked(self, child: RWVolume, tag: str, source: Published) -> Handle:
-        assert child.index == source.vol.index and child.parent_produced_by == source.vol.produced_by
+        assert (
+            child.index == source.vol.index and child.parent_produced_by == source.vol.produced_by
+        )
         point = self.record(self.load_locator(child.produced_by.locator), source.files, None,
                             fork_of=source)  # fmt: skip
         self.did("fork")
@@ -747,7 +772,9 @@ class LifecycleMachine(RuleBasedStateMachine):
         assert moved.parent_produced_by == source.vol.produced_by
         for ev in self.recorder.since(before):
             assert not _BLOCK_NAME.search(ev.key), f"a migration touched the block {ev.key}"
-        assert dump_of(moved, self.objects, self.workdir) == dump_of(source.vol, self.objects, self.workdir)
+        assert dump_of(moved, self.objects, self.workdir) == dump_of(
+            source.vol, self.objects, self.workdir
+        )
         self.did(f"migrate {source.vol.metadata_store_type}->{target}")
         self.record(moved, source.files, None, links=source.links)
 
@@ -774,10 +801,15 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     def remount_other_store_type(self, i: int) -> None:
         v = pick(self.published, i)
-        other = next(t for t in ("redis", "sqlite", *self.store_types) if t != v.vol.metadata_store_type)
+        other = next(
+            t for t in ("redis", "sqlite", *self.store_types) if t != v.vol.metadata_store_type
+        )
         before = len(self.recorder)
         lying = v.vol.model_copy(update={"metadata_store_type": other})
-        for attempt in (lambda: lying.mount(transport="none"), lambda: lying.as_rw().mount(transport="none")):
+        for attempt in (
+            lambda: lying.mount(transport="none"),
+            lambda: lying.as_rw().mount(transport="none"),
+        ):
             try:
                 attempt()
             except (VolumeStoreMismatch, PluginNotFound):
@@ -812,11 +844,20 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.objects.put(key, bytes(data), if_absent=True)
         self.check_events()
         damaged = v.vol.model_copy(
-            update={"index": File(path=lifecycle._uri(self.objects, key), name=v.vol.index.name,
-                                  format=v.vol.index.format, hash=digest)}  # fmt: skip
+            update={
+                "index": File(
+                    path=lifecycle._uri(self.objects, key),
+                    name=v.vol.index.name,
+                    format=v.vol.index.format,
+                    hash=digest,
+                )
+            }
         )
         before = len(self.recorder)
-        for attempt in (lambda: damaged.mount(transport="none"), lambda: damaged.fork(self.fresh("bad"))):
+        for attempt in (
+            lambda: damaged.mount(transport="none"),
+            lambda: damaged.fork(self.fresh("bad")),
+        ):
             try:
                 attempt()
             except VolumeIndexCorrupt:
