@@ -12,7 +12,8 @@ local cache, as another machine would mount the version); its peak RSS is that p
 
 Run: ``python -m pytest -m bench tests/bench/test_scale.py -s``. Goals (issue: performance):
 commit, fork and cold RO mount <= 5 s each, the fork moving no block; ``ls`` of the 100,000
-entries <= 2 s. ``VOLUME_BENCH_FILES`` (1,000,000) and ``VOLUME_BENCH_BIG_DIR`` set the sizes.
+entries <= 2 s. ``VOLUME_BENCH_FILES`` (1,000,000) and ``VOLUME_BENCH_BIG_DIR`` set the sizes;
+``VOLUME_BENCH_PROFILE=1`` prints a cProfile of the cold mount.
 """
 
 from __future__ import annotations
@@ -102,9 +103,21 @@ import json, os, sys, time, warnings
 warnings.simplefilter("ignore")
 from volume import ROVolume
 version = ROVolume.model_validate_json(open(sys.argv[1]).read())
+profile = None
+if os.environ.get("VOLUME_BENCH_PROFILE"):
+    import cProfile
+    profile = cProfile.Profile()
+    profile.enable()
 start = time.perf_counter()
 ro = version.mount(sys.argv[2], transport="fuse")
-print(json.dumps({"mount": time.perf_counter() - start}), flush=True)
+seconds = time.perf_counter() - start
+if profile is not None:
+    import io, pstats
+    profile.disable()
+    out = io.StringIO()
+    pstats.Stats(profile, stream=out).sort_stats("cumulative").print_stats(25)
+    print(out.getvalue(), file=sys.stderr)
+print(json.dumps({"mount": seconds}), flush=True)
 sys.stdin.readline()
 with open("/proc/self/status") as f:
     hwm = next(int(l.split()[1]) for l in f if l.startswith("VmHWM"))
