@@ -53,6 +53,59 @@ def test_lifecycle_machine(bucket: str, meta: str) -> None:
     case("runTest").runTest()
 
 
+# --------------------------------------------------------------------------- cloud stores
+
+CLOUD = {  # storage -> (server starter, bucket maker, URI of a prefix in the bucket)
+    "s3": ("start_moto", "create_s3_bucket", "s3://lifecycle"),
+    "gs": ("start_fake_gcs", "create_gcs_bucket", "gs://lifecycle"),
+    "wasb": ("start_azurite", "create_azure_container", "abfs://lifecycle"),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CLOUD))
+def cloud_bucket(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """A real server of one cloud store on 127.0.0.1 (skipped, or failed under CI=true, when
+    its plugin or server is missing), its environment set for the store's SDK."""
+    kind = request.param
+    if kind not in plugins.names(plugins.OBJECT_STORES):
+        from tests.cloud.servers import require
+
+        require(False, f"the {kind} object-store plugin is not installed")
+    from tests.cloud import servers
+
+    start, create, uri = CLOUD[kind]
+    args = (tmp_path_factory.mktemp("azurite"),) if kind == "wasb" else ()
+    server = getattr(servers, start)(*args)
+    saved = {name: os.environ.get(name) for name in server.env}
+    try:
+        os.environ.update(server.env)
+        getattr(servers, create)(server, "lifecycle")
+        yield uri
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        server.stop()
+
+
+@pytest.mark.server
+def test_lifecycle_machine_on_cloud_stores(cloud_bucket: str) -> None:
+    """The machine (sqlite metadata) on S3 (moto), GCS (fake-gcs-server), Azure (Azurite)."""
+
+    class Cloud(LifecycleMachine):
+        meta_store_type = "sqlite"
+
+        def make_bucket(self) -> str:
+            return f"{cloud_bucket}/m-{uuid.uuid4().hex[:12]}"
+
+    case = Cloud.TestCase
+    case.settings = settings(FAST, max_examples=2, stateful_step_count=15)
+    case("runTest").runTest()
+    assert Cloud.totals["commit"] > 0
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(0)
 @pytest.mark.parametrize("meta", META_TYPES)
