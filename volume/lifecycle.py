@@ -290,8 +290,7 @@ class MetaDir:
     def acquire(cls, meta_dir: Optional[os.PathLike | str], volume_name: str) -> "MetaDir":
         """Lock ``meta_dir`` (a new temporary directory when None)."""
         if meta_dir is None:
-            path, owned = Path(tempfile.mkdtemp(prefix=f"volume-{volume_name}-")), True
-            workcopy.track_temp(path)  # removed on release, or at exit at the latest
+            path, owned = workcopy.make_temp(volume_name), True  # never outlives the process
         else:
             path, owned = Path(meta_dir).expanduser().resolve(), False
             if path.exists() and not path.is_dir():

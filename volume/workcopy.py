@@ -21,9 +21,11 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import logging
+import os
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 import weakref
 from pathlib import Path
@@ -225,6 +227,38 @@ def repair_lost_blocks(meta: Any, objects: ObjectStore, domain: int) -> list[int
 
 
 # =========================================================================== temporary dirs
+
+
+TEMP_OWNER = ".volume-temp-owner"  # the pid of the process a temporary meta dir belongs to
+_swept = False
+
+
+def make_temp(volume_name: str) -> Path:
+    """A new temporary meta dir of this process (removed on release, at exit, or, if this
+    process is killed, by the next process that makes one)."""
+    path = Path(tempfile.mkdtemp(prefix=f"volume-{volume_name}-"))
+    (path / TEMP_OWNER).write_text(str(os.getpid()))
+    track_temp(path)
+    _sweep_dead_owners()
+    return path
+
+
+def _sweep_dead_owners() -> None:
+    """Remove the temporary meta dirs of processes that died without cleaning up (SIGKILL)."""
+    global _swept
+    with _lock:
+        if _swept:
+            return
+        _swept = True
+    for owner in Path(tempfile.gettempdir()).glob(f"volume-*/{TEMP_OWNER}"):
+        try:
+            pid = int(owner.read_text())
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            log.info("removing %s, left by process %d that died", owner.parent, pid)
+            shutil.rmtree(owner.parent, ignore_errors=True)
+        except (OSError, ValueError):
+            continue  # alive (maybe another user's), or not ours to judge
 
 
 def track_temp(path: Path) -> None:

@@ -292,3 +292,46 @@ def test_unsynced_data_whose_blocks_died_with_the_process_reads_as_zeros(tmp_pat
             rw.unmount()
     with version.mount(transport="none") as ro:
         assert ro.fs.cat_file("/lost.bin") == bytes(300_000)  # the version is readable
+
+
+def test_a_killed_process_temporary_meta_dir_is_swept_by_the_next(tmp_path: Path) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    victim = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import time
+            from volume import Volume
+            rw = Volume.new("victim", bucket={str(tmp_path / "bucket")!r}).mount(transport="none")
+            print("mounted", flush=True)
+            time.sleep(3600)
+        """)],
+        stdout=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert victim.stdout.readline().strip() == "mounted"
+        assert len(list(tmp.glob("volume-victim-*"))) == 1
+        # a live owner's directory is never taken
+        again = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(f"""
+                from volume import Volume
+                Volume.new("other", bucket={str(tmp_path / "bucket")!r}).mount(
+                    transport="none").unmount()
+            """)],
+            capture_output=True, text=True, env=env, timeout=60,
+        )  # fmt: skip
+        assert again.returncode == 0, again.stderr
+        assert len(list(tmp.glob("volume-victim-*"))) == 1
+    finally:
+        victim.kill()
+        victim.wait()
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            from volume import Volume
+            Volume.new("next", bucket={str(tmp_path / "bucket")!r}).mount(
+                transport="none").unmount()
+        """)],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert list(tmp.iterdir()) == []  # the killed process's dir went with the next mount
