@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("volume.workcopy")
 
 UUID_KEY = "juicefs_uuid"
+EXIT_UNMOUNT_SECONDS = 2.0  # how long an exiting process waits for its busy mounts' users
 IN_USE, ABANDONED, PUBLISHED = "in-use", "abandoned", "published"
 
 _lock = threading.RLock()
@@ -374,4 +375,4 @@ def close_at_exit(m: "Mount") -> None:
         )
         sys.stderr.write(message + "\n")
         log.info("%s", message)  # (stderr has it already; no second copy from logging)
-    m.close(drain=m.writable)
+    m.close(drain=m.writable and not m.meta_dir.owned, timeout=EXIT_UNMOUNT_SECONDS)
