@@ -29,7 +29,7 @@ PID_FILE = "redis.pid"
 LOG_FILE = "redis.log"
 #: files a server leaves in its meta dir (besides the RDB)
 SERVER_FILES = (SOCKET, PID_FILE, LOG_FILE)
-_START_TIMEOUT_S = 20.0
+_START_TIMEOUT_S = 60.0
 _STOP_TIMEOUT_S = 10.0
 _LOG_TAIL_LINES = 15
 
