@@ -592,7 +592,8 @@ def mount_rw(
     fmt = None  # the new volume's Format once its name is claimed (first mounts)
     try:
         marker = md.marker()
-        if workcopy.resumable(md, volume, objects, store_cls.name):
+        resumed = workcopy.resumable(md, volume, objects, store_cls.name)
+        if resumed:
             meta = store_cls.open(md.path)
             if not workcopy.check_uuid(objects, meta.load_format()):
                 raise VolumeStoreMismatch(
@@ -646,6 +647,8 @@ def mount_rw(
             meta, objects, upload_workers=upload_workers, buffer_bytes=buffer_bytes,
             cache_dir=cache_dir,
         )  # fmt: skip
+        if resumed:
+            engine.modified = True  # a resumed working copy holds unpublished changes
     except BaseException:
         if fmt is not None:
             workcopy.first_mount_failed(objects, fmt)
