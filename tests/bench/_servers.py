@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tests.jfsclient import juicefs_binary
+from volume.mount.fuse import EngineOperations
 
 READY = "ready"
 
@@ -131,12 +132,13 @@ class JuiceFSServer(_Child):
 # ---------------------------------------------------------------------------- in the child
 
 
-class NullOperations:
-    """Names and sizes only: every read returns zeros, every write is dropped."""
-
-    use_ns = True
+class NullOperations(EngineOperations):
+    """Names and sizes only: every read returns zeros, every write is dropped. (An
+    :class:`EngineOperations` without an engine, for the state the mount's life cycle uses;
+    every call the benchmark makes is answered here.)"""
 
     def __init__(self) -> None:
+        super().__init__(None)  # type: ignore[arg-type]
         self.nodes: dict[str, list[int]] = {"/": [stat.S_IFDIR | 0o755, 0]}  # mode, size
         self._mutex = threading.Lock()
 
