@@ -209,8 +209,11 @@ def test_volume_bench_against_the_juicefs_client(kind, request, tmp_path, unique
              "bench-jfs", "--trash-days", "0", env=env)  # fmt: skip
     theirs_path = tmp_path / "theirs"
     theirs_path.mkdir()
+    # VOLUME_BENCH_JFS_WRITEBACK=1: the JuiceFS client also acknowledges writes before upload
+    # (--writeback), as our mounts do by default
+    writeback = ["--writeback"] if os.environ.get("VOLUME_BENCH_JFS_WRITEBACK") == "1" else []
     _juicefs("mount", f"sqlite3://{db}", str(theirs_path), "-d", "--no-usage-report",
-             "--cache-dir", str(tmp_path / "jcache"), env=env)  # fmt: skip
+             "--cache-dir", str(tmp_path / "jcache"), *writeback, env=env)  # fmt: skip
     try:
         _wait_mount(theirs_path)
         (theirs_path / "bench").mkdir()

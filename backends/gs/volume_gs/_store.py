@@ -81,7 +81,8 @@ class GCSObjectStore(ObjectStore):
     def from_uri(cls, uri: str, *, region: str | None = None, **options: object) -> "GCSObjectStore":
         """Open ``gs://bucket[/prefix]``. ``region`` is ignored (a bucket's location is fixed).
         Options: ``endpoint`` (else ``STORAGE_EMULATOR_HOST``), ``project``, ``connect_timeout``,
-        ``read_timeout``, ``retry_timeout`` (seconds), ``max_retries``."""
+        ``read_timeout``, ``retry_timeout`` (seconds). ``max_retries`` is accepted for symmetry
+        with the other clouds but gcsfs always makes 6 attempts."""
         _, bucket, prefix = split_bucket_uri(uri, ("gs", "gcs"), "GCS")
         return cls(bucket, prefix, **options)
 
