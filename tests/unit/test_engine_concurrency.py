@@ -197,3 +197,39 @@ def test_a_snapshot_after_freeze_holds_every_write_acknowledged_before_it(
         view.close(fd)
     reader.close()
     meta.close()
+
+
+def test_fsync_waits_for_its_own_file_only(tmp_path: Path) -> None:
+    class HeldStore(LocalObjectStore):
+        """Block puts of slices up to ``upto`` wait for ``release``."""
+
+        upto = 1 << 62
+        release = threading.Event()
+
+        def put(self, key, data, *, if_absent=False):
+            if "/chunks/" in key and int(key.rpartition("/")[2].split("_")[0]) <= self.upto:
+                assert self.release.wait(30)
+            super().put(key, data, if_absent=if_absent)
+
+    meta = SQLiteMetaStore.open(tmp_path / "meta")
+    objects = HeldStore(tmp_path / "bucket")
+    fmt = new_format("own", storage="file", bucket=f"{tmp_path}/bucket/", block_size_kib=64)
+    format_volume(meta, objects, fmt)
+    engine = Engine(meta, objects, io_timeout=20)
+    fs = PathFS(engine)
+    big = fs.open("/big", os.O_CREAT | os.O_WRONLY)
+    # two full blocks, handed over and held (fewer than the upload threads: the others stay free)
+    fs.write(big, os.urandom(2 * 65536 + 100))
+    (sw,) = engine._open[fs.fstat(big).st_ino].writer.slices.values()
+    HeldStore.upto = sw.id  # later slices (the small file's) are stored at once
+    small = fs.open("/small", os.O_CREAT | os.O_WRONLY)
+    fs.write(small, b"s" * 4096)
+    fs.fsync(small)  # returns while the big file's blocks are still held
+    assert engine.blocks.pending_bytes >= 2 * 65536
+    HeldStore.release.set()
+    fs.fsync(big)
+    assert engine.blocks.pending_bytes == 0
+    fs.close(big)
+    fs.close(small)
+    engine.close()
+    meta.close()

@@ -105,7 +105,9 @@ class BlockStore:
         self._wait_timeout = wait_timeout
         # stored keys not yet made durable (stores with a ``sync`` method: local files)
         self._store_sync = getattr(objects, "sync", None)
-        self._unsynced: set[str] = set()
+        self._unsynced: dict[str, int] = {}  # key -> its inode (0: unknown)
+        self._key_inode: dict[str, int] = {}  # pending key -> its inode
+        self._inode_pending: dict[int, set[str]] = {}  # inode -> its pending keys
         self._unsynced_overflow = False
         self._cond = threading.Condition()
         if objects.capabilities.local:
@@ -150,7 +152,7 @@ class BlockStore:
                 return self._spares.pop()
         return bytearray(self.block_bytes)
 
-    def upload(self, slice_id: int, indx: int, data: bytes | bytearray) -> None:
+    def upload(self, slice_id: int, indx: int, data: bytes | bytearray, inode: int = 0) -> None:
         """Hand a block over for upload; returns once it is readable (and the upload queued).
 
         The caller never modifies ``data`` afterwards.
@@ -158,7 +160,8 @@ class BlockStore:
         Blocks while the bytes held for upload (queued, in flight or failed) would exceed the
         pending bound (back-pressure); meanwhile failed uploads are retried every
         ``RETRY_INTERVAL`` seconds, so a store that comes back lets the writer go on. After
-        ``wait_timeout`` seconds without room: ``OSError(EIO)``, nothing handed over.
+        ``wait_timeout`` seconds without room: ``OSError(EIO)``, nothing handed over. ``inode``
+        (the file the block belongs to) lets :meth:`drain_inode` wait for that file's blocks only.
         """
         key = self.key(slice_id, indx, len(data))
         timeout = self._wait_timeout
@@ -185,6 +188,9 @@ class BlockStore:
             self._pending[key] = data
             self._pending_bytes += len(data)
             self._inflight_uploads += 1
+            if inode:
+                self._key_inode[key] = inode
+                self._inode_pending.setdefault(inode, set()).add(key)
         self._uploader.submit(self._upload, key, data)
 
     def _upload(self, key: str, data: bytes) -> None:
@@ -206,9 +212,16 @@ class BlockStore:
                 if self._pending.pop(key, None) is not None:
                     self._pending_bytes -= len(data)
                 self._failed.pop(key, None)
+                inode = self._key_inode.pop(key, 0)
+                if inode:
+                    keys = self._inode_pending.get(inode)
+                    if keys is not None:
+                        keys.discard(key)
+                        if not keys:
+                            del self._inode_pending[inode]
                 if self._store_sync is not None:
                     if len(self._unsynced) < MAX_UNSYNCED:
-                        self._unsynced.add(key)
+                        self._unsynced[key] = inode
                     else:  # too many to name: the next sync makes the whole store durable
                         self._unsynced_overflow = True
                 self.stats.uploads += 1
@@ -261,23 +274,57 @@ class BlockStore:
             self._inflight_uploads += 1
             self._uploader.submit(self._upload, key, data)
 
-    def sync(self) -> None:
-        """Make every stored block durable (a store's ``sync``: the local store fsyncs the
-        files and their directories; a cloud store's successful put already is)."""
+    def sync(self, inode: int | None = None) -> None:
+        """Make stored blocks durable (a store's ``sync``: the local store fsyncs the files and
+        their directories; a cloud store's successful put already is): every block, or those of
+        ``inode`` and of no known inode."""
         if self._store_sync is None:
             return
         with self._cond:
-            keys, self._unsynced = self._unsynced, set()
             overflow, self._unsynced_overflow = self._unsynced_overflow, False
+            if inode is None or overflow:
+                keys, self._unsynced = self._unsynced, {}
+            else:
+                keys = {k: i for k, i in self._unsynced.items() if i in (0, inode)}
+                for k in keys:
+                    del self._unsynced[k]
         if not keys and not overflow:
             return
         try:
             self._store_sync(None if overflow else sorted(keys))
         except BaseException:
             with self._cond:
-                self._unsynced |= keys
+                self._unsynced.update(keys)
                 self._unsynced_overflow |= overflow
             raise
+
+    def drain_inode(self, inode: int, timeout: float | None = None) -> None:
+        """Wait until every block handed over for ``inode`` is stored (what fsync(2) waits
+        for); failed ones are retried for up to ``DRAIN_ROUNDS`` rounds. Raises
+        :class:`VolumeCommitError` as :meth:`drain` does."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        rounds = 1
+        with self._cond:
+            self._retry_failed_locked(now=True)
+            while self._inode_pending.get(inode):
+                keys = self._inode_pending[inode]
+                if all(k in self._failed for k in keys):
+                    if rounds >= DRAIN_ROUNDS:
+                        key = next(iter(keys))
+                        raise VolumeCommitError(
+                            f"{len(keys)} block uploads of inode {inode} failed (first: {key}: "
+                            f"{self._failed[key]}); the data is still held in memory"
+                        )
+                    rounds += 1
+                    self._retry_failed_locked(now=True)
+                    continue
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise VolumeCommitError(
+                        f"{len(keys)} block uploads of inode {inode} did not finish within "
+                        f"{timeout} s"
+                    )
+                self._cond.wait(remaining)
 
     def drain(self, timeout: float | None = None) -> None:
         """Wait until every block handed over exists in the store.

@@ -215,7 +215,9 @@ class FileOps:
                 if sw is None or not sw.accepts(pos):
                     if sw is not None:
                         self._publish(oi, {indx: sw.finish()})
-                    sw = w.slices[indx] = SliceWriter(self.blocks, self._alloc("slice"), pos)
+                    sw = w.slices[indx] = SliceWriter(
+                        self.blocks, self._alloc("slice"), pos, oi.ino
+                    )
                 sw.write(pos, view[done : done + n])
                 if sw.end == CHUNK_SIZE:  # a full chunk: nothing more can join this slice
                     del w.slices[indx]
@@ -302,13 +304,17 @@ class FileOps:
         ``OSError(EIO)`` when a block cannot be stored (the data stays buffered).
         """
         self._flush_inode(ino)
-        self.sync()
+        self.sync(ino)
 
-    def sync(self) -> None:
-        """syncfs(2): every published write's blocks stored durably, the metadata durable."""
+    def sync(self, ino: int | None = None) -> None:
+        """syncfs(2): every published write's blocks stored durably, the metadata durable (with
+        ``ino``: that file's blocks, as fsync(2))."""
         try:
-            self.blocks.drain(self.io_timeout)
-            self.blocks.sync()
+            if ino is None:
+                self.blocks.drain(self.io_timeout)
+            else:
+                self.blocks.drain_inode(ino, self.io_timeout)
+            self.blocks.sync(ino)
         except VolumeSystemError as exc:
             log.error("fsync failed: %s", exc)
             raise OSError(errno.EIO, f"fsync: {exc}") from exc
@@ -451,7 +457,7 @@ class FileOps:
         new_id = 0
         if plan.copies:
             new_id = self._alloc("slice")
-            writer = SliceWriter(self.blocks, new_id, 0)
+            writer = SliceWriter(self.blocks, new_id, 0, ino)
             try:
                 for piece in plan.copies:
                     data = (

@@ -24,10 +24,11 @@ class SliceWriter:
     (no copy) and a fresh one is started, so a sequential writer copies each byte once.
     """
 
-    __slots__ = ("blocks", "id", "pos", "length", "frozen", "buf", "fill")
+    __slots__ = ("blocks", "id", "pos", "length", "frozen", "buf", "fill", "inode")
 
-    def __init__(self, blocks: BlockStore, slice_id: int, pos: int):
+    def __init__(self, blocks: BlockStore, slice_id: int, pos: int, inode: int = 0):
         self.blocks = blocks
+        self.inode = inode  # the file the blocks belong to (fsync waits for them)
         self.id = slice_id
         self.pos = pos
         self.length = 0  # slice bytes written so far
@@ -68,7 +69,7 @@ class SliceWriter:
             self.fill = max(self.fill, rel)
             self.length = max(self.length, self.frozen + self.fill)
             if self.fill == bs:
-                self.blocks.upload(self.id, self.frozen // bs, self.buf)
+                self.blocks.upload(self.id, self.frozen // bs, self.buf, self.inode)
                 self.blocks.buffered(-len(self.buf))
                 self.buf, self.fill, rel = None, 0, 0
                 self.frozen += bs
@@ -79,7 +80,9 @@ class SliceWriter:
             held = len(self.buf)
             del self.buf[self.fill :]
             self.blocks.buffered(self.fill - held)
-            self.blocks.upload(self.id, self.frozen // self.blocks.block_bytes, self.buf)
+            self.blocks.upload(
+                self.id, self.frozen // self.blocks.block_bytes, self.buf, self.inode
+            )
             self.blocks.buffered(-self.fill)
             self.frozen += self.fill
         elif self.buf is not None:
