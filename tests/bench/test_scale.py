@@ -162,6 +162,7 @@ def _fork_moves(version: ROVolume, bucket: str, monkeypatch: pytest.MonkeyPatch)
     return seconds, moved.get_bytes + moved.put_bytes, keys
 
 
+@pytest.mark.timeout(3600)  # building a million files takes minutes
 @pytest.mark.skipif(not fuse_usable()[0], reason=f"FUSE is not usable: {fuse_usable()[1]}")
 def test_a_million_file_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     warnings.simplefilter("ignore", RuntimeWarning)

@@ -139,6 +139,7 @@ def _report(results: dict[str, list[Rows]]) -> str:
     return "\n".join(lines)
 
 
+@pytest.mark.timeout(5400)  # rounds of several minutes each
 def test_volume_against_juicefs_and_the_python_ceiling(tmp_path: Path, hog: None) -> None:
     meta_tarball(META_FILES)  # built (once) before any timing
     results: dict[str, list[Rows]] = {name: [] for name in SERVERS}
