@@ -348,6 +348,16 @@ class LifecycleMachine(RuleBasedStateMachine):
                 assert ev.ok, f"block {ev.key} could not be written: its slice id was reused"
                 self.check_block(ev, block.group(1), int(block.group(2)))
 
+    def begin(self, what: str = "quiet") -> tuple[int, str]:
+        """Open what follows under a fresh tag: other handles' background uploads carry their
+        own tags, so :meth:`puts_since` sees only the puts of the operation under test."""
+        tag = self.recorder.tag = self.fresh(what)
+        return len(self.recorder), tag
+
+    def puts_since(self, mark: tuple[int, str]) -> list[StoreEvent]:
+        start, tag = mark
+        return [e for e in self.recorder.since(start) if e.op == "put" and e.tag == tag]
+
     def check_block(self, ev: StoreEvent, family: str, slice_id: int) -> None:
         assert not ev.tag.startswith("migrate"), f"a migration wrote the block {ev.key}"
         claimed = self.session_domain.get(ev.tag)
@@ -518,28 +528,28 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     def mount_twice(self, i: int) -> None:
         h = pick(self.mounted(), i)
-        before = len(self.recorder)
+        before = self.begin()
         try:
             h.vol.mount(transport="none")
         except VolumeAlreadyMounted:
             self.did("bad input: VolumeAlreadyMounted")
         else:
             raise AssertionError("a second mount of a mounted handle was accepted")
-        assert not [e for e in self.recorder.since(before) if e.op == "put"]
+        assert not self.puts_since(before)
 
     @precondition(lambda self: self.unmounted())
     @rule(i=PICK)
     def mount_rw(self, i: int) -> None:
         h = pick(self.unmounted(), i)
         if h.vol.index is None and h.formatted:  # bad input: its name is taken by the first try
-            before = len(self.recorder)
+            before = self.begin()
             try:
                 h.vol.mount(transport="none")
             except VolumeBucketNotEmpty:
                 self.did("bad input: VolumeBucketNotEmpty")
             else:
                 raise AssertionError("an abandoned, never-committed volume was formatted again")
-            assert not [e for e in self.recorder.since(before) if e.op == "put"]
+            assert not self.puts_since(before)
             return
         if h.vol._staged_meta_dir is None:  # a fork's first mount continues in the fork's domain
             h.tag = self.fresh("session")
@@ -674,14 +684,14 @@ class LifecycleMachine(RuleBasedStateMachine):
     def refused_unmounted(self, i: int, verb: str) -> None:
         """Bad input: commit or finalize of an unmounted handle (finalize twice)."""
         h = pick(self.unmounted(), i)
-        before = len(self.recorder)
+        before = self.begin()
         try:
             getattr(h.vol, verb)()
         except VolumeNotMounted:
             self.did("bad input: VolumeNotMounted")
         else:
             raise AssertionError(f"{verb} of an unmounted handle was accepted")
-        assert not [e for e in self.recorder.since(before) if e.op == "put"], "a refused verb wrote"
+        assert not self.puts_since(before), "a refused verb wrote"
 
     def unmount_abandon(self, h: Handle) -> None:
         with warnings.catch_warnings():
@@ -718,8 +728,8 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     def fork_handle(self, i: int) -> None:
         h = pick(self.all_handles, i)
-        before = len(self.recorder)
-        tag = self.recorder.tag = self.fresh("fork")
+        before = self.begin("fork")
+        tag = before[1]
         if not h.mounted:
             if h.vol.index is not None:
                 self._forked(h.vol.fork(self.fresh("child")), tag, h.origin)
@@ -730,7 +740,7 @@ class LifecycleMachine(RuleBasedStateMachine):
                 self.did("bad input: VolumeNotForkable")
             else:
                 raise AssertionError("fork of a never-committed volume was accepted")
-            assert not [e for e in self.recorder.since(before) if e.op == "put"]
+            assert not self.puts_since(before)
             return
         files = h.files()
         child = h.vol.fork(self.fresh("child"))
@@ -756,8 +766,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         """Migrate version ``i`` to store type ``target`` (its own type: refused, typed)."""
         source = pick(self.published, i)
         current = source.vol.metadata_store_type
-        before = len(self.recorder)
-        self.recorder.tag = self.fresh("migrate")
+        before = self.begin("migrate")
         if target == current:
             try:  # bad input: migrate to the type it already has
                 source.vol.migrate_metadata_store_type(current)
@@ -765,13 +774,14 @@ class LifecycleMachine(RuleBasedStateMachine):
                 self.did("bad input: VolumeMigrateNoop")
             else:
                 raise AssertionError("a migration to the same store type was accepted")
-            assert not [e for e in self.recorder.since(before) if e.op == "put"]
+            assert not self.puts_since(before)
             return
         moved = source.vol.migrate_metadata_store_type(target)
         assert moved.metadata_store_type == target and moved.index.format == target
         assert moved.parent_produced_by == source.vol.produced_by
-        for ev in self.recorder.since(before):
-            assert not _BLOCK_NAME.search(ev.key), f"a migration touched the block {ev.key}"
+        for ev in self.recorder.since(before[0]):
+            if ev.tag == before[1]:
+                assert not _BLOCK_NAME.search(ev.key), f"a migration touched the block {ev.key}"
         assert dump_of(moved, self.objects, self.workdir) == dump_of(
             source.vol, self.objects, self.workdir
         )
@@ -785,7 +795,7 @@ class LifecycleMachine(RuleBasedStateMachine):
     def mount_ro_and_write(self, i: int, path: str) -> None:
         """Read a version in a fresh meta dir; writes are refused (EROFS) and change nothing."""
         v = pick(self.published, i)
-        before = len(self.recorder)
+        before = self.begin()
         with v.vol.mount(transport="none") as ro:
             fs = ro._mount.pathfs
             assert read_tree(fs) == v.files
@@ -796,7 +806,7 @@ class LifecycleMachine(RuleBasedStateMachine):
             else:
                 raise AssertionError("a write on a read-only mount was accepted")
             assert read_tree(fs) == v.files
-        assert not [e for e in self.recorder.since(before) if e.op == "put"]
+        assert not self.puts_since(before)
         self.did("mount_ro")
 
     def remount_other_store_type(self, i: int) -> None:
@@ -804,7 +814,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         other = next(
             t for t in ("redis", "sqlite", *self.store_types) if t != v.vol.metadata_store_type
         )
-        before = len(self.recorder)
+        before = self.begin()
         lying = v.vol.model_copy(update={"metadata_store_type": other})
         for attempt in (
             lambda: lying.mount(transport="none"),
@@ -816,7 +826,7 @@ class LifecycleMachine(RuleBasedStateMachine):
                 self.did("bad input: (VolumeStoreMismatch, PluginNotFound)")
             else:
                 raise AssertionError(f"a {v.vol.metadata_store_type} index mounted as {other}")
-        assert not [e for e in self.recorder.since(before) if e.op == "put"]
+        assert not self.puts_since(before)
 
     @rule(kind=st.sampled_from(BAD_INPUTS), i=PICK, where=st.floats(0, 1), flag=st.booleans())
     def bad_input(self, kind: str, i: int, where: float, flag: bool) -> None:
@@ -853,7 +863,7 @@ class LifecycleMachine(RuleBasedStateMachine):
                 )
             }
         )
-        before = len(self.recorder)
+        before = self.begin()
         for attempt in (
             lambda: damaged.mount(transport="none"),
             lambda: damaged.fork(self.fresh("bad")),
@@ -864,4 +874,4 @@ class LifecycleMachine(RuleBasedStateMachine):
                 self.did("bad input: VolumeIndexCorrupt")
             else:
                 raise AssertionError("a damaged index was accepted")
-        assert not [e for e in self.recorder.since(before) if e.op == "put"]
+        assert not self.puts_since(before)
