@@ -117,4 +117,5 @@ def test_lifecycle_machine_long(bucket: str, meta: str) -> None:
     case.settings = LONG
     while cls.totals["steps"] < LONG_STEPS:
         case("runTest").runTest()
+        print(f"\n{bucket}/{meta}: {cls.totals['steps']} steps so far", flush=True)
     print(f"\nlifecycle machine {bucket}/{meta}: {dict(cls.totals)}")
