@@ -20,8 +20,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -45,10 +45,10 @@ from volume.mount.fuse import fuse_usable
 from .conftest import bench_bytes
 
 MiB = 1 << 20
-OBJECTS = int(os.environ.get("VOLUME_BENCH_OBJECTS", 40))
+OBJECTS = int(os.environ.get("VOLUME_BENCH_OBJECTS", "40"))
 SMALL = 200
 BIG_FILE_MB = bench_bytes(512 << 20) >> 20
-SMALL_FILES = int(os.environ.get("VOLUME_BENCH_SMALL_FILES", 200))
+SMALL_FILES = int(os.environ.get("VOLUME_BENCH_SMALL_FILES", "200"))
 
 
 def _measure(name: str, put: Callable[[str, bytes], object], get: Callable[[str], bytes]) -> dict:
@@ -78,8 +78,10 @@ def _measure(name: str, put: Callable[[str, bytes], object], get: Callable[[str]
         "small_put_ms": statistics.median(small_put) * 1e3,
         "small_get_ms": statistics.median(small_get) * 1e3,
     }
-    print(f"{name:>24}: PUT {row['put_mibs']:7.1f} MiB/s  GET {row['get_mibs']:7.1f} MiB/s  "
-          f"1 KiB PUT p50 {row['small_put_ms']:5.1f} ms  GET p50 {row['small_get_ms']:5.1f} ms")
+    print(
+        f"{name:>24}: PUT {row['put_mibs']:7.1f} MiB/s  GET {row['get_mibs']:7.1f} MiB/s  "
+        f"1 KiB PUT p50 {row['small_put_ms']:5.1f} ms  GET p50 {row['small_get_ms']:5.1f} ms"
+    )
     return row
 
 
@@ -91,7 +93,6 @@ def _clients(kind: str, server: servers.Server, prefix: str) -> dict[str, tuple]
     if kind == "s3":
         import s3fs
         from obstore.store import S3Store
-
         from volume_s3 import S3ObjectStore
 
         fs = s3fs.S3FileSystem(endpoint_url=server.url)
@@ -103,9 +104,8 @@ def _clients(kind: str, server: servers.Server, prefix: str) -> dict[str, tuple]
                                 lambda k: obstore.get(raw, k).bytes().to_bytes())  # fmt: skip
         plugin = S3ObjectStore.from_uri(f"s3://{S3_BUCKET}/{prefix}p", endpoint=server.url)
     elif kind == "gs":
-        from volume_gs import GCSObjectStore  # first: it turns off gcsfs's gRPC bucket lookup
-
         import gcsfs
+        from volume_gs import GCSObjectStore  # first: it turns off gcsfs's gRPC bucket lookup
 
         fs = gcsfs.GCSFileSystem(token="anon", endpoint_url=server.url)
         out["gcsfs (raw)"] = (
@@ -116,7 +116,6 @@ def _clients(kind: str, server: servers.Server, prefix: str) -> dict[str, tuple]
     else:
         import adlfs
         from obstore.store import AzureStore
-
         from volume_wasb import AzureObjectStore
 
         conn = server.env["AZURE_STORAGE_CONNECTION_STRING"]
@@ -135,10 +134,11 @@ def _clients(kind: str, server: servers.Server, prefix: str) -> dict[str, tuple]
 
 
 @pytest.mark.parametrize("kind", ["s3", "gs", "wasb"])
-def test_clients_and_plugin_overhead(kind, request, unique_prefix):
+def test_clients_and_plugin_overhead(kind, request):
+    prefix = request.getfixturevalue("unique_prefix")
     env_fixture = {"s3": "s3_env", "gs": "gcs_env", "wasb": "azure_env"}[kind]
     server = request.getfixturevalue(env_fixture)
-    clients = _clients(kind, server, unique_prefix)
+    clients = _clients(kind, server, prefix)
     print(f"\n{kind}: 4 MiB objects x {OBJECTS}, 1 KiB objects x {SMALL}, one thread")
     rows = {}
     for _round in range(2):  # alternate rounds: the shared machine's noise hits every client
@@ -177,7 +177,7 @@ def _bench(path: Path) -> BenchResult:
 @pytest.mark.skipif(not fuse_usable()[0], reason="FUSE is not usable here")
 @pytest.mark.skipif(juicefs_binary() is None, reason="the JuiceFS client is not installed")
 @pytest.mark.parametrize("kind", ["s3", "wasb"])
-def test_volume_bench_against_the_juicefs_client(kind, request, tmp_path, unique_prefix):
+def test_volume_bench_against_the_juicefs_client(kind, request, tmp_path):
     from volume import Volume
 
     if kind == "s3":
@@ -219,7 +219,8 @@ def test_volume_bench_against_the_juicefs_client(kind, request, tmp_path, unique
         (theirs_path / "bench").mkdir()
         theirs = _bench(theirs_path / "bench")
     finally:
-        subprocess.run([juicefs_binary(), "umount", str(theirs_path)], capture_output=True)
+        subprocess.run([juicefs_binary(), "umount", str(theirs_path)], capture_output=True,
+                       check=False)  # fmt: skip
 
     print(f"\n{kind}: volume FUSE mount\n{ours.summary()}")
     print(f"\n{kind}: JuiceFS client, same server\n{theirs.summary()}")
@@ -258,23 +259,27 @@ print(before, hwm(), time.monotonic() - started)
 """
 
 
-def test_peak_rss_while_writing_stays_under_the_buffer(s3_env, tmp_path, unique_prefix):
+def test_peak_rss_while_writing_stays_under_the_buffer(request, tmp_path):
     """Writing ``VOLUME_BENCH_RSS_BYTES`` (default 2 GiB) through a volume on moto keeps the
     writer's peak RSS under ``buffer_size_mb`` + 200 MiB (the issue's bound).
 
     Seen: 402 MiB with the engine's defaults, because stored blocks enter its 256 MiB in-memory
     block cache; 162 MiB with ``VOLUME_BENCH_CACHE_BYTES=16777216`` (a 16 MiB cache)."""
-    total = int(os.environ.get("VOLUME_BENCH_RSS_BYTES", 2 << 30))
+    request.getfixturevalue("s3_env")
+    prefix = request.getfixturevalue("unique_prefix")
+    total = int(os.environ.get("VOLUME_BENCH_RSS_BYTES", str(2 << 30)))
     buffer_mb = 100
     result = subprocess.run(
-        [sys.executable, "-c", _WRITER, f"s3://{S3_BUCKET}/{unique_prefix}", str(tmp_path / "m"),
+        [sys.executable, "-c", _WRITER, f"s3://{S3_BUCKET}/{prefix}", str(tmp_path / "m"),
          str(total), str(buffer_mb), *os.environ.get("VOLUME_BENCH_CACHE_BYTES", "").split()],
-        capture_output=True, text=True, timeout=3600, env=os.environ.copy(),
+        capture_output=True, text=True, timeout=3600, env=os.environ.copy(), check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     before, peak, seconds = result.stdout.split()
     peak_mib, before_mib = int(peak) / MiB, int(before) / MiB
-    print(f"\nwrote {total / MiB:.0f} MiB to moto in {float(seconds):.1f} s; writer RSS peak "
-          f"{peak_mib:.0f} MiB (after mount {before_mib:.0f} MiB); bound buffer {buffer_mb} MiB "
-          f"+ 200 MiB = {buffer_mb + 200} MiB")
+    print(
+        f"\nwrote {total / MiB:.0f} MiB to moto in {float(seconds):.1f} s; writer RSS peak "
+        f"{peak_mib:.0f} MiB (after mount {before_mib:.0f} MiB); bound buffer {buffer_mb} MiB "
+        f"+ 200 MiB = {buffer_mb + 200} MiB"
+    )
     assert peak_mib <= buffer_mb + 200, (peak_mib, before_mib)

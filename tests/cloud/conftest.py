@@ -5,7 +5,7 @@ and the environment variables the store's SDKs honour."""
 from __future__ import annotations
 
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 

@@ -174,8 +174,17 @@ def start_azurite(tmp: Path) -> Server:
     require(binary is not None, f"Azurite is not installed (npm install azurite@3.35.0 in "
             f"{AZURITE_DIR.relative_to(REPO)}, as .ci/run does)")  # fmt: skip
     port = free_port()
-    argv = [binary, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
-            "--skipApiVersionCheck", "--disableTelemetry", "--silent"]
+    argv = [
+        binary,
+        "--blobHost",
+        "127.0.0.1",
+        "--blobPort",
+        str(port),
+        "--inMemoryPersistence",
+        "--skipApiVersionCheck",
+        "--disableTelemetry",
+        "--silent",
+    ]
     # (--inMemoryPersistence and --location exclude each other; run in ``tmp`` for its debris)
     server = _start("azurite", argv, port, "/devstoreaccount1?comp=list", cwd=tmp)
     blob = f"{server.url}/{AZURITE_ACCOUNT}"
@@ -191,9 +200,7 @@ def start_azurite(tmp: Path) -> Server:
 def create_azure_container(server: Server, container: str) -> None:
     from azure.storage.blob import BlobServiceClient
 
-    client = BlobServiceClient.from_connection_string(
-        server.env["AZURE_STORAGE_CONNECTION_STRING"]
-    )
+    client = BlobServiceClient.from_connection_string(server.env["AZURE_STORAGE_CONNECTION_STRING"])
     try:
         client.create_container(container)
     finally:

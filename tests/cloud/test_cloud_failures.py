@@ -10,11 +10,11 @@ import os
 import random
 
 import pytest
+from volume_s3 import S3ObjectStore
 
 from volume import Volume
 from volume.engine import PathFS
 from volume.errors import VolumeError
-from volume_s3 import S3ObjectStore
 
 from .conftest import S3_BUCKET
 from .proxy import CountingProxy
@@ -22,8 +22,9 @@ from .proxy import CountingProxy
 MiB = 1 << 20
 
 
-def test_a_block_deleted_behind_our_back_is_eio_naming_the_key(s3_env, unique_prefix,
-                                                               tmp_path) -> None:
+def test_a_block_deleted_behind_our_back_is_eio_naming_the_key(
+    s3_env, unique_prefix, tmp_path
+) -> None:
     uri = f"s3://{S3_BUCKET}/{unique_prefix}"
     data = random.Random(8).randbytes(6 * MiB)
     rw = Volume.new("deleted", bucket=uri).mount(meta_dir=tmp_path / "rw", transport="none")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import functools
 
 import pytest
+from volume_gs import GCSObjectStore
 
 from volume.testing import ObjectStoreTests
-from volume_gs import GCSObjectStore
 
 from .conftest import GCS_BUCKET
 

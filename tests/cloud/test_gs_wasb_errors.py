@@ -6,11 +6,11 @@ import socket
 import time
 
 import pytest
-
-from volume.errors import ObjectExists, VolumeValidationError
 from volume_gs import GCSObjectStore
 from volume_s3 import BucketNotFound, CredentialsRejected, StoreUnreachable
 from volume_wasb import AzureObjectStore
+
+from volume.errors import ObjectExists, VolumeValidationError
 
 from . import servers
 from .conftest import AZURE_CONTAINER, GCS_BUCKET
@@ -38,8 +38,12 @@ def test_azure_uri_forms(monkeypatch) -> None:
     for name in ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT_NAME",
                  "AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_USE_EMULATOR"):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
-    for uri in ("abfss://c@acct.dfs.core.windows.net/p/q", "abfs://c@acct.dfs.core.windows.net/p/q",
-                "wasbs://c@acct.blob.core.windows.net/p/q", "wasb://c@acct.blob.core.windows.net/p/q"):
+    for uri in (
+        "abfss://c@acct.dfs.core.windows.net/p/q",
+        "abfs://c@acct.dfs.core.windows.net/p/q",
+        "wasbs://c@acct.blob.core.windows.net/p/q",
+        "wasb://c@acct.blob.core.windows.net/p/q",
+    ):
         store = AzureObjectStore.from_uri(uri)
         assert store.account == "acct" and store.bucket == "c" and store.prefix == "p/q/"
         assert store.uri == uri + "/"

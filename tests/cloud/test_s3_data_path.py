@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
+from volume_s3 import S3ObjectStore
+from volume_sqlite import SQLiteMetaStore
 
 from volume import Volume
 from volume.engine import Engine, PathFS, format_volume, new_format
-from volume_s3 import S3ObjectStore
-from volume_sqlite import SQLiteMetaStore
 
 from .conftest import S3_BUCKET
 from .proxy import CountingProxy
@@ -79,7 +79,7 @@ def test_block_reads_go_through_a_bounded_lru_cache_dir_that_survives_remount(
     proxy.reset_counts()
     fs = PathFS(engine)
     fd = fs.open("/f")
-    assert fs.read(fd, MiB, 7 * MiB) == data[7 * MiB:]
+    assert fs.read(fd, MiB, 7 * MiB) == data[7 * MiB :]
     assert proxy.block_requests() == 0, proxy.block_gets  # the last block: cached
     assert fs.read(fd, MiB, 0) == data[:MiB]
     assert proxy.block_requests() == 1, proxy.block_gets  # the first: evicted (LRU)
@@ -102,7 +102,7 @@ def test_sequential_reads_prefetch_ahead(proxied, tmp_path) -> None:
     proxy.reset_counts()
     offset = 0
     while offset < 2 * MiB:  # read the first two blocks sequentially, in 128 KiB reads
-        assert fs.read(fd, 128 << 10, offset) == data[offset:offset + (128 << 10)]
+        assert fs.read(fd, 128 << 10, offset) == data[offset : offset + (128 << 10)]
         offset += 128 << 10
     deadline = time.monotonic() + 10
     while proxy.block_requests() < 4 and time.monotonic() < deadline:

@@ -9,9 +9,6 @@ import subprocess
 import time
 
 import pytest
-
-from volume import Volume
-from volume.errors import ObjectExists, VolumeMountError, VolumeValidationError
 from volume_s3 import (
     AccessDenied,
     BucketNotFound,
@@ -19,6 +16,9 @@ from volume_s3 import (
     S3ObjectStore,
     StoreUnreachable,
 )
+
+from volume import Volume
+from volume.errors import ObjectExists, VolumeMountError, VolumeValidationError
 
 from . import servers
 from .conftest import S3_BUCKET
@@ -100,8 +100,12 @@ def iam_moto():
         servers._wait_http(server, "/moto-api/")
         import boto3
 
-        kw = dict(endpoint_url=server.url, region_name="us-east-1",
-                  aws_access_key_id="setup", aws_secret_access_key="setup")  # fmt: skip
+        kw = {
+            "endpoint_url": server.url,
+            "region_name": "us-east-1",
+            "aws_access_key_id": "setup",
+            "aws_secret_access_key": "setup",
+        }
         boto3.client("s3", **kw).create_bucket(Bucket="guarded")
         iam = boto3.client("iam", **kw)
         iam.create_user(UserName="nobody")
@@ -168,8 +172,9 @@ def test_retries_on_5xx_throttling_and_resets_but_not_on_a_failed_precondition(s
         proxy.close()
 
 
-def test_a_store_without_create_only_puts_refuses_writable_mounts(s3_env, monkeypatch,
-                                                                  unique_prefix, tmp_path) -> None:
+def test_a_store_without_create_only_puts_refuses_writable_mounts(
+    s3_env, monkeypatch, unique_prefix, tmp_path
+) -> None:
     monkeypatch.setenv("VOLUME_S3_CONDITIONAL_PUT", "false")
     monkeypatch.delenv("UNION_VOLUME_SINGLE_WRITER", raising=False)
     assert not S3ObjectStore.from_uri(f"s3://{S3_BUCKET}/x").capabilities.conditional_put

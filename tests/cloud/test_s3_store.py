@@ -6,9 +6,9 @@ import functools
 import os
 
 import pytest
+from volume_s3 import S3ObjectStore
 
 from volume.testing import ObjectStoreTests
-from volume_s3 import S3ObjectStore
 
 from .conftest import S3_BUCKET
 

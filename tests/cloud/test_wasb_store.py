@@ -6,9 +6,9 @@ import functools
 import os
 
 import pytest
+from volume_wasb import AzureObjectStore
 
 from volume.testing import ObjectStoreTests
-from volume_wasb import AzureObjectStore
 
 from .conftest import AZURE_CONTAINER
 

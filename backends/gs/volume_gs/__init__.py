@@ -1,4 +1,5 @@
-"""The ``gs`` object-store plugin (Google Cloud Storage), on gcsfs. See ``backends/gs/README.md``."""
+"""The ``gs`` object-store plugin (Google Cloud Storage), on gcsfs. See
+``backends/gs/README.md``."""
 
 from ._store import GCSObjectStore
 

@@ -10,20 +10,17 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar
 
 # before gcsfs is imported: otherwise each call first waits on a gRPC bucket-type lookup
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
-import aiohttp  # noqa: E402
-import gcsfs  # noqa: E402
-from gcsfs.retry import HttpError  # noqa: E402
-
-from volume.errors import ObjectExists, ObjectNotFound, ObjectStoreError  # noqa: E402
-from volume.keys import validate_key, validate_prefix, validate_range  # noqa: E402
-from volume.stores import ObjectInfo, ObjectStore, ObjectStoreCapabilities  # noqa: E402
-from volume_s3._obstore import (  # noqa: E402
+import aiohttp
+import gcsfs
+from gcsfs.retry import HttpError
+from volume_s3._obstore import (
     AccessDenied,
     BucketNotFound,
     CloudStoreError,
@@ -31,7 +28,11 @@ from volume_s3._obstore import (  # noqa: E402
     StoreUnreachable,
     split_options,
 )
-from volume_s3._uri import split_bucket_uri  # noqa: E402
+from volume_s3._uri import split_bucket_uri
+
+from volume.errors import ObjectExists, ObjectNotFound, ObjectStoreError
+from volume.keys import validate_key, validate_prefix, validate_range
+from volume.stores import ObjectInfo, ObjectStore, ObjectStoreCapabilities
 
 _CREDENTIALS_HINT = (
     "check GOOGLE_APPLICATION_CREDENTIALS (or `gcloud auth application-default login`, the "
@@ -68,7 +69,8 @@ class GCSObjectStore(ObjectStore):
         self._fs = gcsfs.GCSFileSystem(
             token="anon" if endpoint else None,
             endpoint_url=endpoint,
-            project=settings.get("project") or os.environ.get("GOOGLE_CLOUD_PROJECT")
+            project=settings.get("project")
+            or os.environ.get("GOOGLE_CLOUD_PROJECT")
             or ("emulator" if endpoint else None),
             use_listings_cache=False,
             skip_instance_cache=True,
@@ -78,7 +80,7 @@ class GCSObjectStore(ObjectStore):
         self._bucket_seen = False
 
     @classmethod
-    def from_uri(cls, uri: str, *, region: str | None = None, **options: object) -> "GCSObjectStore":
+    def from_uri(cls, uri: str, *, region: str | None = None, **options: object) -> GCSObjectStore:
         """Open ``gs://bucket[/prefix]``. ``region`` is ignored (a bucket's location is fixed).
         Options: ``endpoint`` (else ``STORAGE_EMULATOR_HOST``), ``project``, ``connect_timeout``,
         ``read_timeout``, ``retry_timeout`` (seconds). ``max_retries`` is accepted for symmetry
@@ -122,7 +124,7 @@ class GCSObjectStore(ObjectStore):
             if exc.code == 416:  # the range starts at or past the end
                 return b""
             raise self._error("read", key, exc) from None
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - becomes a typed store error
             raise self._error("read", key, exc) from None
 
     def put(self, key: str, data: bytes | memoryview, *, if_absent: bool = False) -> None:
@@ -130,14 +132,14 @@ class GCSObjectStore(ObjectStore):
         payload = data if isinstance(data, bytes) else memoryview(data).tobytes()
         try:
             self._fs.pipe_file(path, payload, mode="create" if if_absent else "overwrite")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - becomes a typed store error
             raise self._error("write", key, exc) from None
 
     def head(self, key: str) -> ObjectInfo:
         path = self._path(key)
         try:
             info = self._fs.info(path)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - becomes a typed store error
             raise self._error("inspect", key, exc) from None
         if info.get("type") != "file":  # only a prefix of other objects
             raise self._error("inspect", key, FileNotFoundError(path))
@@ -157,7 +159,7 @@ class GCSObjectStore(ObjectStore):
             if self._bucket_exists():
                 return
             raise self._error("list", prefix or "(everything)", exc) from None
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - becomes a typed store error
             raise self._error("list", prefix or "(everything)", exc) from None
         infos = [
             ObjectInfo(name[cut:], int(info["size"]))
@@ -173,7 +175,7 @@ class GCSObjectStore(ObjectStore):
             self._fs.rm_file(path)
         except FileNotFoundError:
             return
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - becomes a typed store error
             raise self._error("delete", key, exc) from None
 
     def get_file(self, key: str, path: str | Path) -> int:
@@ -183,7 +185,7 @@ class GCSObjectStore(ObjectStore):
         try:
             try:
                 self._fs.get_file(source, tmp)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - becomes a typed store error
                 raise self._error("download", key, exc) from None
             size = os.path.getsize(tmp)
             os.replace(tmp, dest)

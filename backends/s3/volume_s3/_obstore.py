@@ -15,9 +15,10 @@ import os
 import re
 import secrets
 import threading
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar
 
 import obstore
 from obstore import exceptions as obx
@@ -131,7 +132,7 @@ class ObstoreObjectStore(ObjectStore):
         try:
             result = obstore.get(self._store, path, options=options or None)
             data = result.bytes()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - becomes a typed store error
             if _status(exc) == 416 or "Wanted range starting at" in str(exc):
                 return b""  # the range starts at or past the end of the object
             raise self._error("read", key, exc) from None
@@ -153,7 +154,7 @@ class ObstoreObjectStore(ObjectStore):
                 obstore.put(self._store, path, payload, mode="create", use_multipart=False)
             else:
                 obstore.put(self._store, path, payload)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - becomes a typed store error
             raise self._error("write", key, exc) from None
         self._bucket_seen.set()
 
@@ -161,7 +162,7 @@ class ObstoreObjectStore(ObjectStore):
         path = self._path(key)
         try:
             meta = obstore.head(self._store, path)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - becomes a typed store error
             raise self._error("inspect", key, exc) from None
         self._bucket_seen.set()
         return ObjectInfo(key, int(meta["size"]))
@@ -183,7 +184,7 @@ class ObstoreObjectStore(ObjectStore):
                     key = meta["path"][cut:]
                     if key.startswith(prefix) and key and not key.endswith("/"):
                         found.append(ObjectInfo(key, int(meta["size"])))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - becomes a typed store error
             raise self._error("list", prefix or "(everything)", exc) from None
         self._bucket_seen.set()
         found.sort(key=lambda info: info.key)
@@ -195,7 +196,7 @@ class ObstoreObjectStore(ObjectStore):
             obstore.delete(self._store, path)
         except (obx.NotFoundError, FileNotFoundError):
             return
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - becomes a typed store error
             if "(code: 404)" in str(exc):
                 return  # Azure's bulk delete of a missing blob
             raise self._error("delete", key, exc) from None
@@ -208,13 +209,13 @@ class ObstoreObjectStore(ObjectStore):
         try:
             try:
                 stream = obstore.get(self._store, store_path).stream(min_chunk_size=8 << 20)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - becomes a typed store error
                 raise self._error("download", key, exc) from None
             with open(tmp, "wb") as out:
                 while True:
                     try:
                         chunk = next(stream, None)
-                    except Exception as exc:
+                    except Exception as exc:  # noqa: BLE001 - becomes a typed store error
                         raise self._error("download", key, exc) from None
                     if chunk is None:
                         break
@@ -352,12 +353,11 @@ def split_options(store: str, options: dict[str, object], extra: set[str]) -> di
         )
     merged: dict[str, Any] = dict(COMMON_OPTIONS)
     for name, value in options.items():
-        if name in COMMON_OPTIONS:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise VolumeValidationError(
-                    f"the {store} object store option {name}={value!r} is not a non-negative "
-                    f"number"
-                )
+        bad_number = isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
+        if name in COMMON_OPTIONS and bad_number:
+            raise VolumeValidationError(
+                f"the {store} object store option {name}={value!r} is not a non-negative number"
+            )
         merged[name] = value
     return merged
 

@@ -98,7 +98,7 @@ class S3ObjectStore(ObstoreObjectStore):
         super()._put(key, path, payload, if_absent)
 
     @classmethod
-    def from_uri(cls, uri: str, *, region: str | None = None, **options: object) -> "S3ObjectStore":
+    def from_uri(cls, uri: str, *, region: str | None = None, **options: object) -> S3ObjectStore:
         """Open ``s3://bucket[/prefix]``. Options: ``endpoint`` (an http(s)://host[:port] URL),
         ``conditional_put`` (False for a store without create-only PUTs; default from
         ``VOLUME_S3_CONDITIONAL_PUT``, else True),

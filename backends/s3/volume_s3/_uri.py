@@ -38,6 +38,8 @@ def split_bucket_uri(uri: object, schemes: tuple[str, ...], store: str) -> tuple
         try:
             validate_key(prefix)
         except InvalidKeyError as exc:
-            raise VolumeValidationError(f"{store} URI {uri!r} has an invalid prefix: {exc}") from None
+            raise VolumeValidationError(
+                f"{store} URI {uri!r} has an invalid prefix: {exc}"
+            ) from None
         prefix += "/"
     return scheme.lower(), netloc, prefix

@@ -6,10 +6,10 @@ import os
 from typing import Any
 
 from obstore.store import AzureStore
-
-from volume.errors import VolumeValidationError
 from volume_s3._obstore import ObstoreObjectStore, client_config, retry_config, split_options
 from volume_s3._uri import split_bucket_uri
+
+from volume.errors import VolumeValidationError
 
 SCHEMES = ("abfss", "abfs", "wasbs", "wasb")
 _DOMAINS = (".dfs.core.windows.net", ".blob.core.windows.net")
@@ -40,7 +40,8 @@ class AzureObjectStore(ObstoreObjectStore):
     name = "wasb"
     scheme = "abfss"
     credentials_hint = (
-        "check AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_ACCOUNT_KEY/AZURE_STORAGE_SAS_TOKEN "
+        "check AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_ACCOUNT_KEY/"
+        "AZURE_STORAGE_SAS_TOKEN "
         "(or the service principal / managed identity) and that they belong to the account"
     )
 
@@ -81,7 +82,8 @@ class AzureObjectStore(ObstoreObjectStore):
             container,
             config=config,
             client_options=client_config(
-                settings, allow_http=bool(endpoint and str(endpoint).startswith("http://"))
+                settings,
+                allow_http=bool(endpoint and str(endpoint).startswith("http://"))
                 or bool(os.environ.get("AZURE_STORAGE_USE_EMULATOR")),
             ),
             retry_config=retry_config(settings),
@@ -90,7 +92,7 @@ class AzureObjectStore(ObstoreObjectStore):
     @classmethod
     def from_uri(
         cls, uri: str, *, region: str | None = None, **options: object
-    ) -> "AzureObjectStore":
+    ) -> AzureObjectStore:
         """Open an ``abfss``/``abfs``/``wasbs``/``wasb`` URI. ``region`` is ignored. Options:
         ``endpoint`` (the blob endpoint URL), ``connect_timeout``, ``read_timeout``,
         ``retry_timeout`` (seconds), ``max_retries``."""
