@@ -416,6 +416,9 @@ class Mount:
     last_commit: Optional["ActionRef"] = None
     kernel: Any = None  # the FuseMount when the transport is FUSE
     _fs: Any = field(default=None, repr=False)
+    #: writable mounts: the gc live marker of the session's slice domain, and its reclaimer
+    live: Any = field(default=None, repr=False)
+    reclaimer: Any = field(default=None, repr=False)
 
     @property
     def pathfs(self) -> PathFS:
@@ -450,6 +453,10 @@ class Mount:
                 self.kernel.stop(timeout)
             self.engine.close(drain=drain)
         finally:
+            if self.reclaimer is not None:
+                self.reclaimer.stop(drain=drain)
+            if self.live is not None:
+                self.live.stop()
             self.meta.close()
             self.meta_dir.release()
             self.objects.close()
@@ -649,6 +656,7 @@ def mount_rw(
         )  # fmt: skip
         if resumed:
             engine.modified = True  # a resumed working copy holds unpublished changes
+        live, reclaimer = _start_session(objects, meta, engine, domain)
     except BaseException:
         if fmt is not None:
             workcopy.first_mount_failed(objects, fmt)
@@ -658,7 +666,10 @@ def mount_rw(
         objects.close()
         raise
     try:
-        m = _attach(Mount(volume.name, True, objects, meta, engine, md, chosen), kernel, path)
+        m = _attach(
+            Mount(volume.name, True, objects, meta, engine, md, chosen, live=live,
+                  reclaimer=reclaimer), kernel, path,
+        )  # fmt: skip
     except BaseException:
         if fmt is not None:
             workcopy.first_mount_failed(objects, fmt)
@@ -666,6 +677,20 @@ def mount_rw(
     if fmt is not None:
         workcopy.first_mount_done(objects, fmt)
     return m
+
+
+def _start_session(objects: ObjectStore, meta: MetaStore, engine: Engine, domain: int) -> Any:
+    """Mark the session's slice domain live for gc (``volume.gc.LiveMarker``) and start the
+    reclaimer of its own garbage (``volume.engine.reclaim``)."""
+    from . import gc
+    from .engine.reclaim import Reclaimer
+
+    live = gc.LiveMarker(objects, meta.load_format().Name, domain, gc.HEARTBEAT_SECONDS)
+    try:
+        return live, Reclaimer(engine, domain, io_timeout=engine.io_timeout)
+    except BaseException:
+        live.stop()
+        raise
 
 
 def unmount(volume: "Volume") -> None:

@@ -264,16 +264,22 @@ class Engine(NamespaceOps, FileOps, RangeOps):
         tx.add_counter(COUNTER_USED_SPACE, -space(attr))
         tx.add_counter(COUNTER_TOTAL_INODES, -1)
 
-    @staticmethod
-    def _release_chunk(tx: MetaTxn, ino: int, indx: int) -> None:
+    #: called inside the transaction that drops a slice's last reference, with
+    #: ``(id, size, inode)``: the session's reclaimer (:mod:`volume.engine.reclaim`), or None
+    slice_freed: Callable[[int, int, int], None] | None = None
+
+    def _release_chunk(self, tx: MetaTxn, ino: int, indx: int) -> None:
         """Remove a chunk row, dropping one reference per record.
 
-        Blocks are never deleted here: other versions of the volume may share them; rows whose
-        count reaches zero are removed so no JuiceFS client finds them to clean up.
+        Blocks are never deleted here: other versions of the volume may share them (the
+        session's reclaimer decides, off every lock); rows whose count reaches zero are kept at
+        zero so no JuiceFS client finds them to clean up.
         """
         for rec in unpack_slices(tx.read_chunk(ino, indx)):
             if rec.id and tx.add_slice_ref(rec.id, rec.size, -1) <= 0:
                 tx.add_slice_ref(rec.id, rec.size, 0)  # keep the row type-stable for stores
+                if self.slice_freed is not None:
+                    self.slice_freed(rec.id, rec.size, ino)
         tx.write_chunk(ino, indx, b"")
 
     @staticmethod

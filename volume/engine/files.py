@@ -484,8 +484,9 @@ class FileOps:
                     if r.id:
                         refs[r.id, r.size] = refs.get((r.id, r.size), 0) + sign
             for (slice_id, size), delta in refs.items():
-                if delta:
-                    tx.add_slice_ref(slice_id, size, delta)
+                if delta and tx.add_slice_ref(slice_id, size, delta) <= 0 < -delta:
+                    if self.slice_freed is not None:  # compacted away: the reclaimer decides
+                        self.slice_freed(slice_id, size, ino)
         oi = self._open.get(ino)
         if oi is not None:
             with oi.lock:
