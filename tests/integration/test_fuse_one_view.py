@@ -99,3 +99,25 @@ def test_both_sides_at_once_agree(rw) -> None:
     for i in range(20):
         handle.fs.mv(f"/f{i}", f"/h{i}")
         assert not (mnt / f"f{i}").exists() and (mnt / f"h{i}").read_text() == f"content {i}"
+
+
+def test_in_process_fallocate_and_copy_file_range_are_seen_by_the_kernel(rw) -> None:
+    """fallocate takes a handle and copy_file_range changes its destination (third argument):
+    the kernel must drop the pages of the file that changed, not of another one."""
+    handle, mnt = rw
+    (mnt / "src").write_bytes(b"S" * 8192)
+    (mnt / "dst").write_bytes(b"d" * 8192)
+    assert (mnt / "dst").read_bytes() == b"d" * 8192  # the kernel caches dst's pages
+    fs = handle._mount.pathfs
+    src = fs.open("/src", os.O_RDONLY)
+    dst = fs.open("/dst", os.O_RDWR)
+    try:
+        assert fs.copy_file_range(src, dst, 4096, 0, 0) == 4096
+    finally:
+        fs.close(src)
+    assert (mnt / "dst").read_bytes() == b"S" * 4096 + b"d" * 4096
+    try:
+        fs.fallocate(dst, 0x02 | 0x01, 0, 4096)  # PUNCH_HOLE | KEEP_SIZE
+    finally:
+        fs.close(dst)
+    assert (mnt / "dst").read_bytes() == bytes(4096) + b"d" * 4096

@@ -21,8 +21,10 @@ NAMESPACE_CALLS = {
     "unlink": ((0, 1),), "rmdir": ((0, 1),), "link": ((1, 2),), "rename": ((0, 1), (2, 3)),
 }  # fmt: skip
 # calls that change an inode's attributes or bytes: how to find the inode
-INODE_CALLS = {"setattr", "setxattr", "removexattr", "fallocate"}
-HANDLE_CALLS = {"write", "release", "flush", "copy_file_range"}
+INODE_CALLS = {"setattr", "setxattr", "removexattr"}
+# calls that change an open file: position of the handle whose inode changed (for
+# copy_file_range the destination, its third argument)
+HANDLE_CALLS = {"write": 0, "release": 0, "flush": 0, "fallocate": 0, "copy_file_range": 2}
 
 
 class KernelCoherentEngine:
@@ -46,7 +48,7 @@ class KernelCoherentEngine:
                 return attr
 
             def call(*args: Any, **kwargs: Any) -> Any:
-                ino = inode_of(args[0])
+                ino = inode_of(args[HANDLE_CALLS[name]])
                 try:
                     return attr(*args, **kwargs)
                 finally:
