@@ -624,8 +624,13 @@ class RWVolume(_MountableVolume):
         message: Optional[str] = None,
         mount_path: PathArg = None,
         meta_dir: PathArg = None,
+        timeout: Optional[float] = None,
     ) -> ROVolume:
         """Snapshot the mounted working copy as a new version; it stays mounted and writable.
+
+        ``timeout`` bounds the wait for buffered writes and block uploads (seconds; ``None``
+        waits as long as they make progress): past it :class:`VolumeCommitError` is raised,
+        nothing is published and the mount stays intact.
 
         ``mount_path`` / ``meta_dir`` (the seed's form) name the mount to commit, which may
         belong to any handle of this process; by default it is this handle's own. Each commit's
@@ -635,7 +640,7 @@ class RWVolume(_MountableVolume):
         from . import lifecycle
 
         owner = _live_mount(self, mount_path, meta_dir, "commit")
-        return lifecycle.commit(owner, message)  # type: ignore[arg-type]
+        return lifecycle.commit(owner, message, timeout)  # type: ignore[arg-type]
 
     def finalize(self, message: Optional[str] = None, timeout: float = 60) -> ROVolume:
         """Drain uploads, snapshot as a new version and unmount."""

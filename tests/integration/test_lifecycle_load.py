@@ -230,7 +230,7 @@ def test_commit_and_finalize_honour_timeout_and_leave_the_mount_intact(
         (mnt / "during.bin").write_bytes(b"d" * 100_000)
         started = time.monotonic()
         with pytest.raises(VolumeCommitError, match="nothing was published"):
-            lifecycle.commit(rw, "stalled", timeout=1)  # RWVolume.commit has no timeout yet
+            rw.commit("stalled", timeout=1)
         with pytest.raises(VolumeCommitError):
             rw.finalize("stalled", timeout=1)
         assert time.monotonic() - started < 30
