@@ -652,7 +652,7 @@ def mount_rw(
             enter_domain(tx, domain)
         engine = Engine(
             meta, objects, upload_workers=upload_workers, buffer_bytes=buffer_bytes,
-            cache_dir=cache_dir,
+            cache_dir=cache_dir, io_timeout=kernel.timeout,
         )  # fmt: skip
         if resumed:
             engine.modified = True  # a resumed working copy holds unpublished changes

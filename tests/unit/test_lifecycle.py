@@ -822,3 +822,13 @@ def test_volume_fork_by_mount_path_is_a_live_fork(bucket: str, tmp_path: Path) -
     with pytest.warns(DeprecationWarning):
         later = vol.commit()  # the live fork left the source mounted and writable
     assert later.parent_produced_by == child.parent_produced_by  # the fork point's commit
+
+
+def test_the_mounts_timeout_bounds_the_engines_waits(bucket: str) -> None:
+    """Writers held back by a full upload buffer fail with EIO after the mount's ``timeout``
+    (issue: bounded memory under outages), not after an engine default."""
+    rw = Volume.new("timeouts", bucket=bucket).mount(transport="none", timeout=7)
+    try:
+        assert rw._mount.engine.io_timeout == 7
+    finally:
+        rw.unmount()
