@@ -1,8 +1,14 @@
 """The private ``redis-server`` of one meta dir: found, started, checked and stopped by pid.
 
 The server listens only on the unix socket ``<meta_dir>/redis.sock`` (mode 0600, ``--port 0``: no
-TCP port) and keeps its data in ``<meta_dir>/meta.rdb``; it never saves by itself (``--save ""``,
-no AOF): the store saves when it snapshots and when a writable store closes. Its pid is written to
+TCP port) and keeps its data in ``<meta_dir>/meta.rdb`` plus an append-only journal (AOF:
+``<meta_dir>/appendonly.aof`` on redis 6, ``<meta_dir>/appendonlydir/`` on redis 7) with
+``appendfsync no``: the server writes each command to the file before it replies, and the store
+fsyncs the journal at its durability point, ``sync()``. It never
+saves an RDB by itself (``--save ""``): the store saves when it snapshots and when a writable store
+closes. A meta dir with a journal is loaded from it (it holds everything the RDB does and more);
+one with only an RDB is loaded from the RDB and the journal is started from it (a rewrite the
+start waits for). Its pid is written to
 ``<meta_dir>/redis.pid`` before anything else happens, so a process killed while it had a server
 running leaves a record the next open of that meta dir uses to stop the orphan (after checking
 that the pid is a redis-server whose working directory is that meta dir).
@@ -29,6 +35,11 @@ PID_FILE = "redis.pid"
 LOG_FILE = "redis.log"
 #: files a server leaves in its meta dir (besides the RDB)
 SERVER_FILES = (SOCKET, PID_FILE, LOG_FILE)
+#: the append-only journal: one file (redis 6) or a directory of a manifest, a base and
+#: increments (redis 7 multi-part AOF, default directory name)
+AOF_FILE = "appendonly.aof"
+AOF_DIR = "appendonlydir"
+_AOF_MANIFEST_SUFFIX = ".manifest"
 _START_TIMEOUT_S = 60.0
 _STOP_TIMEOUT_S = 10.0
 _LOG_TAIL_LINES = 15
@@ -63,9 +74,11 @@ def find_executable() -> str:
 class RedisServer:
     """One running redis-server process serving ``<meta_dir>/<dbfilename>``."""
 
-    def __init__(self, meta_dir: Path, dbfilename: str) -> None:
-        """Start the server (stopping a stale one of the same meta dir first)."""
+    def __init__(self, meta_dir: Path, dbfilename: str, journal: bool = True) -> None:
+        """Start the server (stopping a stale one of the same meta dir first); ``journal=False``
+        (a read-only store) starts no journal over an RDB."""
         self.meta_dir = meta_dir
+        self.journal = journal
         self.dbfilename = dbfilename
         self.executable = find_executable()
         stop_stale(meta_dir)
@@ -91,6 +104,11 @@ class RedisServer:
     def _start(self) -> None:
         for name in (SOCKET, LOG_FILE):
             (self.meta_dir / name).unlink(missing_ok=True)
+        # a journal holds the newest state; without one, an RDB (a restored version) is loaded
+        # and the journal started from it once the server answers
+        journal_first = has_journal(self.meta_dir) or (
+            self.journal and not (self.meta_dir / self.dbfilename).exists()
+        )
         args = [
             self.executable,
             "--port", "0",
@@ -100,7 +118,10 @@ class RedisServer:
             "--unixsocketperm", "600",
             "--dbfilename", self.dbfilename,
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if journal_first else "no",
+            "--appendfilename", AOF_FILE,
+            "--appendfsync", "no",  # written before each reply; fsynced by sync_journal()
+            "--aof-use-rdb-preamble", "yes",
             "--daemonize", "no",
             "--logfile", LOG_FILE,
             "--databases", "1",
@@ -127,6 +148,8 @@ class RedisServer:
                 try:
                     with redis.Redis(unix_socket_path=self.socket) as probe:
                         probe.ping()
+                        if self.journal and not journal_first:
+                            self._start_journal(probe, deadline)
                     return
                 except redis.BusyLoadingError:
                     pass  # still loading a large RDB
@@ -136,6 +159,31 @@ class RedisServer:
                 raise RedisServerStartError(
                     f"redis-server for {self.meta_dir} did not answer within "
                     f"{_START_TIMEOUT_S:.0f} s; its log ends with:\n{self.log_tail()}"
+                )
+            time.sleep(0.005)
+
+    def _start_journal(self, client: redis.Redis, deadline: float) -> None:
+        """Turn the journal on over the loaded RDB and wait until its base is written (until then
+        a crash would lose the journal's first commands)."""
+        client.config_set("appendonly", "yes")
+        while True:
+            info = client.info("persistence")
+            if (
+                not info.get("aof_rewrite_in_progress")
+                and not info.get("aof_rewrite_scheduled")
+                and has_journal(self.meta_dir)
+            ):
+                if info.get("aof_last_bgrewrite_status") != "ok":
+                    raise RedisServerStartError(
+                        f"redis-server for {self.meta_dir} could not start its append-only "
+                        f"journal; its log ends with:\n{self.log_tail()}"
+                    )
+                sync_journal(self.meta_dir)
+                return
+            if time.monotonic() > deadline or self.proc is None or self.proc.poll() is not None:
+                raise RedisServerStartError(
+                    f"redis-server for {self.meta_dir} did not write its append-only journal "
+                    f"within {_START_TIMEOUT_S:.0f} s; its log ends with:\n{self.log_tail()}"
                 )
             time.sleep(0.005)
 
@@ -166,7 +214,8 @@ class RedisServer:
 
 
 def _terminate(pid: int, proc: subprocess.Popen[bytes] | None = None) -> None:
-    """SIGTERM the server (it does not save: no save points), SIGKILL it if it lingers."""
+    """SIGTERM the server (it does not save an RDB: no save points; it fsyncs its journal),
+    SIGKILL it if it lingers."""
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -239,6 +288,52 @@ def stop_stale(meta_dir: Path) -> bool:
         with _suppress_oserror():
             (meta_dir / name).unlink(missing_ok=True)
     return pid is not None
+
+
+def has_journal(meta_dir: Path) -> bool:
+    """Whether ``meta_dir`` holds an append-only journal a server can load: a redis 7 manifest
+    (written once the journal's base is complete) or a non-empty redis 6 file (redis 6 creates
+    it empty before the rewrite that fills it: an empty one loses to the RDB)."""
+    try:
+        if (meta_dir / AOF_FILE).stat().st_size > 0:
+            return True
+    except OSError:
+        pass
+    try:
+        return any(n.endswith(_AOF_MANIFEST_SUFFIX) for n in os.listdir(meta_dir / AOF_DIR))
+    except OSError:
+        return False
+
+
+def sync_journal(meta_dir: Path) -> None:
+    """fsync every file of the journal and its directories: what the server wrote (it writes a
+    command to the file before it replies) survives a power loss too."""
+    journal = meta_dir / AOF_DIR
+    try:
+        paths = [journal / name for name in os.listdir(journal)]
+    except FileNotFoundError:
+        paths = []
+    for path in (meta_dir / AOF_FILE, *paths):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue  # removed by a rewrite meanwhile: its successor is listed too
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    for directory in (journal, meta_dir) if paths else (meta_dir,):
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def remove_journal(meta_dir: Path) -> None:
+    """Remove the journal (before another database is installed in ``meta_dir``)."""
+    shutil.rmtree(meta_dir / AOF_DIR, ignore_errors=True)
+    (meta_dir / AOF_FILE).unlink(missing_ok=True)
 
 
 def check_rdb(path: Path) -> str | None:

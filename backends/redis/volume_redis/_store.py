@@ -17,8 +17,10 @@ Inodes numbered at or above ``nextinode`` when the store opened (below the reser
 slices at or above ``nextchunk`` cannot have keys yet (JuiceFS hands ids out from these
 counters), so their keys are known to be empty without asking the server.
 
-The live data lives in the server's memory; ``<meta_dir>/meta.rdb`` is written by ``SAVE`` when
-the store snapshots and when a writable store closes. A snapshot is the RDB file itself, which
+The live data lives in the server's memory and in its append-only journal
+(``<meta_dir>/appendonlydir``), which :meth:`RedisMetaStore.sync` (fsync(2) of a mounted file)
+fsyncs after sending the queued writes: a reopen after a kill loads it. ``<meta_dir>/meta.rdb``
+is written by ``SAVE`` when the store snapshots and when a writable store closes. A snapshot is the RDB file itself, which
 ``redis-server`` (and the JuiceFS client through it) loads as is.
 """
 
@@ -56,7 +58,14 @@ from volume.stores import MetaStore, MetaStoreCapabilities
 
 from . import _codec as codec
 from ._errors import RedisServerGone, RedisServerStartError
-from ._server import SERVER_FILES, RedisServer, check_rdb, stop_stale
+from ._server import (
+    SERVER_FILES,
+    RedisServer,
+    check_rdb,
+    remove_journal,
+    stop_stale,
+    sync_journal,
+)
 from ._txn import RedisTxn, check_not_nested
 
 INDEX_FILENAME = "meta.rdb"
@@ -155,7 +164,7 @@ class RedisMetaStore(MetaStore):
             )
         meta_dir.mkdir(parents=True, exist_ok=True)
         try:
-            server = RedisServer(meta_dir, INDEX_FILENAME)
+            server = RedisServer(meta_dir, INDEX_FILENAME, journal=not read_only)
         except RedisServerStartError as exc:
             problem = check_rdb(rdb) if rdb.is_file() else None
             if problem is not None:
@@ -179,6 +188,7 @@ class RedisMetaStore(MetaStore):
         _check_rdb_file(index_path)
         meta_dir.mkdir(parents=True, exist_ok=True)
         stop_stale(meta_dir)
+        remove_journal(meta_dir)  # it would be loaded instead of the restored RDB
         staging = meta_dir / f".{INDEX_FILENAME}.restoring"
         try:
             shutil.copyfile(index_path, staging)
@@ -194,6 +204,7 @@ class RedisMetaStore(MetaStore):
         stop_stale(meta_dir)
         for name in (*SERVER_FILES, INDEX_FILENAME):
             (meta_dir / name).unlink(missing_ok=True)
+        remove_journal(meta_dir)
 
     # ------------------------------------------------------------------ format
 
@@ -581,23 +592,46 @@ class RedisMetaStore(MetaStore):
                 part.unlink(missing_ok=True)
         return dest.stat().st_size
 
+    @_io
+    def sync(self) -> None:
+        """Make every committed transaction durable (what fsync(2) in a mounted volume waits
+        for): the queued writes are sent (the server writes them to its append-only journal
+        before it replies) and the journal is fsynced. After a kill of this process, of the
+        server or of both, reopening the meta dir loads the journal with all of them."""
+        if self._read_only:
+            return
+        with self._lock:
+            self._check_usable()
+            self._flush()
+            try:
+                sync_journal(self._meta_dir)
+            except OSError as exc:
+                raise MetaStoreError(
+                    f"cannot fsync the redis journal in {self._meta_dir}: {exc}"
+                ) from exc
+
     def close(self) -> None:
-        """Save (a writable store, so a reopen finds its data), then stop the server."""
+        """Save (a writable store, so a reopen finds its data), stop the server, then drop the
+        journal the saved RDB makes redundant."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            saved = False
             try:
                 if not self._read_only and self._broken is None and self._server.alive():
                     try:
                         self._flush()
                         self._client.save()
+                        saved = True
                     except (redis.RedisError, MetaStoreError):
-                        pass  # the server is going away; its data was not committed anyway
+                        pass  # the server is going away; its journal keeps what it had
             finally:
                 self._client.close()
                 self._server.stop()
                 self._reset_cache()
+            if saved:  # the RDB holds everything: the journal is redundant
+                remove_journal(self._meta_dir)
 
     def __repr__(self) -> str:
         mode = "read-only" if self._read_only else "writable"
