@@ -19,10 +19,10 @@ Mechanics. The engine calls :meth:`Reclaimer.freed` inside the transaction that 
 last reference (a cheap append to a queue). A background thread decides and deletes off every
 engine lock: under the reclaimer's lock (which every snapshot also holds while it copies the
 store and raises the watermark, after deciding on what was freed before it) it re-reads the
-count in a write transaction, which waits for
-the transaction that freed the slice to commit (a rolled-back one leaves the count above zero:
-nothing is deleted), makes the store durable, then waits for the slice's uploads still in
-flight and deletes its blocks. A slice whose count is zero has no record left to read or clone,
+count in a write transaction, which waits for the transaction that freed the slice to commit (a
+rolled-back one leaves the count above zero: nothing is deleted), makes the store durable, then
+waits for the slice's uploads still in flight, drops the open inode's cached chunk maps (under its lock, so a read in progress ends
+first) and deletes its blocks. A slice whose count is zero has no record left to read or clone,
 so it can never come back; a still-open file's buffered writes are unpublished slices of their
 own, and an unlinked-but-open inode keeps its records until its last close.
 
@@ -186,6 +186,10 @@ class Reclaimer:
             dead = list(self._dead)
             self._dead.clear()
         for ino in {ino for _, _, ino in dead}:
+            oi = self.engine._open.get(ino)
+            if oi is not None:  # a compaction drops its inode's cached maps after its commit:
+                with oi.lock:  # no read goes on with a map that still names a freed slice
+                    oi.chunk_maps.clear()
             with contextlib.suppress(Exception):  # an upload that lands late is gc's garbage
                 self.blocks.drain_inode(ino, self.io_timeout)
         bs = self.blocks.block_bytes
