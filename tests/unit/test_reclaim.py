@@ -321,3 +321,25 @@ def test_commits_racing_writers_and_the_reclaimer_lose_no_published_block(
         assert report.ok, (v.message, report.missing)
     totals = collect(store, now=time.time() + FAR).totals()
     assert totals["reachable_blocks"] > 0
+
+
+def test_in_place_rewrites_are_compacted_and_reclaimed(store: MemoryObjectStore):
+    """pwrite over a whole file (no O_TRUNC) stacks records; the rewrite that hides every earlier
+    one asks for a compaction (no copy), which frees the hidden slices."""
+    rw = Volume.new("inplace", bucket=store.uri.rstrip("/")).mount(transport="none")
+    fs = rw._mount.pathfs
+    for i in range(6):
+        fd = fs.open("/db", os.O_WRONLY | os.O_CREAT)
+        fs.write(fd, bytes([i + 1]) * (3 << 20), 0)
+        fs.close(fd)
+    settle(rw)
+    assert chunk_bytes(store, "inplace") == (1, 3 << 20)
+    fd = fs.open("/db", os.O_WRONLY)
+    fs.write(fd, b"x" * 1000, 5000)  # a small in-place write hides nothing whole: kept
+    fs.close(fd)
+    settle(rw)
+    assert chunk_bytes(store, "inplace")[0] == 2
+    expected = bytearray(bytes([6]) * (3 << 20))
+    expected[5000:6000] = b"x" * 1000
+    assert fs.read_bytes("/db") == bytes(expected)
+    assert read_version(rw.finalize("end")) == {"db": bytes(expected)}

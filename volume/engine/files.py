@@ -43,6 +43,7 @@ from ..errors import VolumeSystemError
 from ..juicefs import CHUNK_SIZE, TYPE_DIRECTORY, TYPE_FILE, Attr, SliceRecord, unpack_slices
 from .compaction import DEFAULT_COMPACTION, plan_compaction
 from .posix import ROOT, W_OK, Caller, check_access, fs_error, open_access_mask
+from .reclaim import hides_earlier
 from .slices import ChunkMap, Piece
 from .writer import FileWriter, SliceWriter
 
@@ -242,7 +243,12 @@ class FileOps:
             for indx, rec in records.items():
                 count = tx.append_chunk(oi.ino, indx, rec.pack())
                 tx.add_slice_ref(rec.id, rec.size, 1)
-                if self._compactions is not None and self.compaction.wants(count):
+                if self._compactions is not None and (
+                    self.compaction.wants(count)
+                    or count > 1  # an in-place rewrite: compacting frees what it hides
+                    and self.slice_freed is not None
+                    and hides_earlier(rec, indx, attr.length, self.compaction.large_piece)
+                ):
                     fragmented.append(indx)
             end = max((i * CHUNK_SIZE + r.pos + r.len for i, r in records.items()), default=0)
             if w is not None and not w.slices:

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..allocator import DOMAIN_BITS
-from ..juicefs import COUNTER_NEXT_CHUNK, slice_blocks
+from ..juicefs import CHUNK_SIZE, COUNTER_NEXT_CHUNK, SliceRecord, slice_blocks
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -58,6 +58,14 @@ class ReclaimStats:
     slices: int = 0
     blocks: int = 0
     bytes: int = 0
+
+
+def hides_earlier(rec: SliceRecord, indx: int, length: int, large_piece: int) -> bool:
+    """Whether a large record appended to chunk ``indx`` of a file ``length`` bytes long hides
+    every earlier record of the chunk (an in-place rewrite): compacting the chunk then copies
+    nothing and frees the hidden slices."""
+    extent = min(CHUNK_SIZE, max(length - indx * CHUNK_SIZE, 0))
+    return rec.pos == 0 and rec.len >= max(extent, large_piece)
 
 
 class Reclaimer:
