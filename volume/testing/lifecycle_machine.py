@@ -15,9 +15,11 @@ delete. After every step it checks:
   ``check_all_versions = True``);
 * every block key is put exactly once, with put-if-absent; each session's slice ids lie in the
   domain it claimed, and no slice id is used by two sessions; no domain is claimed twice;
-* nothing is ever deleted, and no index or version document is ever written over;
-* every block a published index references exists with its size (checked at publish time; since
-  nothing is deleted it stays true);
+* no index, version document or ledger claim is ever deleted or written over, and no block that
+  a published version references is ever deleted (a session may delete its own unpublished
+  garbage; session markers may change);
+* every block a published index references exists with its size (checked at publish time, by
+  the delete rule ever after, and by a head of each at teardown);
 * commits of a session have distinct index paths and a linear parent chain; identity fields never
   change; JSON round trips are lossless; locators load back equal versions; lineage walks end;
 * a migration keeps the engine-neutral dump (counters it advances aside) and moves no block.
@@ -293,6 +295,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.session_domain: dict[str, tuple[str, int]] = {}
         self.slice_owner: dict[tuple[str, int], tuple[str, int]] = {}
         self.index_paths: set[str] = set()
+        self.published_blocks: set[str] = set()  # every block some published version names
         self.counter = 0
         self.steps = 0
         self.rotation = 0
@@ -328,16 +331,24 @@ class LifecycleMachine(RuleBasedStateMachine):
         events = self.recorder.since(self.seen)
         self.seen += len(events)
         for ev in events:
-            assert ev.op != "delete", f"{ev.tag} deleted {ev.key}: nothing is ever deleted"
-            if ev.op != "put":
-                continue
             domain = _DOMAIN_KEY.search(ev.key)
             block = _BLOCK_NAME.search(ev.key)
-            if ev.ok:
+            # write-once objects: blocks, indexes, version documents, ledger claims (session
+            # markers and the like may change)
+            once = bool(block or domain or "/_volume/versions/" in ev.key)
+            if ev.op == "delete":
+                assert not (domain or "/_volume/versions/" in ev.key), f"{ev.tag} deleted {ev.key}"
+                assert ev.key not in self.published_blocks, (
+                    f"{ev.tag} deleted {ev.key}, which a published version references"
+                )
+                continue
+            if ev.op != "put":
+                continue
+            if ev.ok and once:
                 assert not ev.existed, f"{ev.tag} wrote over the existing object {ev.key}"
                 assert ev.key not in self.put_keys, f"{ev.key} written twice"
                 self.put_keys[ev.key] = ev.digest
-            if "/_volume/versions/" in ev.key or block or domain:
+            if once:
                 assert ev.if_absent, f"{ev.key} was written without put-if-absent"
             if domain and ev.ok:
                 d = (domain.group(1), int(domain.group(2)))
@@ -435,6 +446,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         if links is None:
             links = fork_of.links if fork_of is not None else {}
         p = Published(vol, dict(files), doc, blocks, dict(links))
+        self.published_blocks.update(blocks)
         self.published.append(p)
         return p
 
