@@ -343,3 +343,44 @@ def test_in_place_rewrites_are_compacted_and_reclaimed(store: MemoryObjectStore)
     expected[5000:6000] = b"x" * 1000
     assert fs.read_bytes("/db") == bytes(expected)
     assert read_version(rw.finalize("end")) == {"db": bytes(expected)}
+
+
+def test_the_copy_of_a_compaction_that_lost_a_race_is_reclaimed(tmp_path):
+    """A compaction whose chunk was truncated while it copied commits nothing: its new slice is
+    nobody's, and its blocks go."""
+    from volume_sqlite import SQLiteMetaStore
+
+    from volume.allocator import enter_domain
+    from volume.engine import CompactionPolicy, Engine, PathFS, format_volume, new_format
+    from volume.engine.reclaim import Reclaimer
+
+    from .test_engine_compaction import GatedReads, scattered_writes, start_gated_compaction
+
+    objects = GatedReads(tmp_path / "bucket")
+    meta = SQLiteMetaStore.open(tmp_path / "meta")
+    format_volume(meta, objects, new_format("race", storage="file", bucket=objects.uri,
+                                            block_size_kib=64))  # fmt: skip
+    with meta.transaction(write=True) as tx:
+        enter_domain(tx, 3)
+    engine = Engine(meta, objects, compaction=CompactionPolicy(at_records=10_000, background=False))
+    reclaimer = Reclaimer(engine, 3)
+    fs = PathFS(engine)
+    model = bytearray(os.urandom(300_000))
+    fs.write_bytes("/f", bytes(model))
+    fd = fs.open("/f", os.O_RDWR)
+    scattered_writes(fs, fd, model, 30)
+    ino = fs.fstat(fd).st_ino
+    with reclaimer._lock:  # no decision until the compaction is done (it reads the old slices)
+        thread, result = start_gated_compaction((objects, tmp_path / "meta"), engine, ino)
+        fs.ftruncate(fd, 0)  # every slice of the chunk is freed while the compaction copies
+        objects.go.set()
+        thread.join()
+    assert result == [False]
+    engine.drain()
+    assert reclaimer.wait_idle(30)
+    assert list(objects.list("race/chunks/")) == []  # the 31 slices and the copy
+    assert reclaimer.stats.slices == 32
+    fs.close(fd)
+    reclaimer.stop()
+    engine.close()
+    meta.close()

@@ -479,8 +479,10 @@ class FileOps:
         replacement = plan.records(new_id)
         with self._publishing() as tx:
             current = tx.read_chunk(ino, indx)
-            if not current.startswith(blob):
-                return False  # truncated, deleted or rewritten meanwhile
+            if not current.startswith(blob):  # truncated, deleted or rewritten meanwhile
+                if new_id and self.slice_freed is not None:  # the copy is nobody's
+                    self.slice_freed(new_id, writer.length, ino)
+                return False
             tx.write_chunk(
                 ino, indx, b"".join(r.pack() for r in replacement) + current[len(blob) :]
             )
