@@ -64,6 +64,7 @@ UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
 FUSE_READDIR_PLUS = 1  # readdir flag: the kernel wants attributes with the names
 FUSE_FILL_DIR_PLUS = 2  # filler flag: this entry carries full attributes
+FUSE_CAP_READDIRPLUS_AUTO = 1 << 14  # the kernel asks for attributes only while it uses them
 FUSE_CAP_AUTO_INVAL_DATA = 1 << 12  # the kernel drops a file's pages when it sees a new mtime
 DIR_HANDLE = 1 << 63  # set in directory handles (their inode), never in engine file handles
 REINVALIDATE_SECONDS = 0.05  # kernel lookups in flight during an in-process change answer by then
@@ -640,6 +641,9 @@ class EngineOperations:
         """Ask for 1 MiB requests (libfuse caps them at its buffer size)."""
         self._fuse = _libfuse().fuse_get_context().contents.fuse
         conn.want &= ~FUSE_CAP_AUTO_INVAL_DATA  # see FuseMount.start: kernel_cache instead
+        # attributes with every directory listing, not only its first batch: otherwise ls -l,
+        # du and find -type look each further entry up in a request of its own
+        conn.want &= ~FUSE_CAP_READDIRPLUS_AUTO
         conn.max_write = MAX_IO
         conn.max_readahead = MAX_IO  # the kernel keeps the smaller of this and its own
 
