@@ -257,9 +257,24 @@ def _sweep_dead_owners() -> None:
             os.kill(pid, 0)
         except ProcessLookupError:
             log.info("removing %s, left by process %d that died", owner.parent, pid)
+            _stop_orphan_servers(owner.parent)
             shutil.rmtree(owner.parent, ignore_errors=True)
         except (OSError, ValueError):
             continue  # alive (maybe another user's), or not ours to judge
+
+
+def _stop_orphan_servers(path: Path) -> None:
+    """Let every store with a server (``clear_meta_dir``: redis) stop the one a dead process
+    left running in ``path`` before the directory goes."""
+    from . import plugins
+
+    for name in plugins.names(plugins.META_STORES):
+        try:
+            clear_dir = getattr(plugins.load(plugins.META_STORES, name), "clear_meta_dir", None)
+            if clear_dir is not None:
+                clear_dir(path)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop the sweep
+            log.warning("could not clear %s with the %s store: %s", path, name, exc)
 
 
 def track_temp(path: Path) -> None:
