@@ -384,3 +384,38 @@ def test_the_copy_of_a_compaction_that_lost_a_race_is_reclaimed(tmp_path):
     reclaimer.stop()
     engine.close()
     meta.close()
+
+
+def test_a_resumed_working_copy_never_deletes_its_earlier_sessions_blocks(
+    store: MemoryObjectStore, tmp_path
+):
+    """A crashed session's working copy is resumed in a new slice domain: the slices the earlier
+    session wrote (published or not) are never the resumed session's to delete."""
+    meta_dir = tmp_path / "wc"
+    rw = Volume.new("resume", bucket=store.uri.rstrip("/")).mount(
+        transport="none", meta_dir=meta_dir
+    )
+    fs = rw._mount.pathfs
+    fs.write_bytes("/a", b"A" * 70_000)
+    v1 = rw.commit("v1")
+    fs.write_bytes("/b", b"B" * 80_000)  # written after the commit: unpublished
+    rw._mount.engine.drain()
+    m, rw._mount = rw._mount, None
+    m.close(drain=True)  # the process "dies": the working copy stays in meta_dir, in use
+    before = {i.key for i in store.list("resume/chunks/")}
+    assert len(before) == 2
+
+    rw = rw.mount(transport="none", meta_dir=meta_dir)  # resumed, in a fresh domain
+    fs = rw._mount.pathfs
+    assert fs.read_bytes("/b") == b"B" * 80_000
+    fs.write_bytes("/a", b"a" * 1000)
+    fs.unlink("/b")
+    for i in range(3):
+        fs.write_bytes("/c", bytes([i]) * 5000)
+    settle(rw)
+    after = {i.key for i in store.list("resume/chunks/")}
+    assert before <= after and len(after) == 4  # + the new /a and the last /c
+    assert rw._mount.reclaimer.stats.slices == 2
+    assert read_version(v1) == {"a": b"A" * 70_000}
+    v2 = rw.finalize("v2")
+    assert read_version(v2) == {"a": b"a" * 1000, "c": bytes([2]) * 5000}
