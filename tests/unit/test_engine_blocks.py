@@ -104,3 +104,30 @@ def test_the_engine_reuses_buffers_without_mixing_files(tmp_path: Path) -> None:
         assert PathFS(engine).read_bytes(path) == data
     engine.close()
     reopened.close()
+
+
+def test_stored_blocks_take_a_small_share_of_memory_and_read_back() -> None:
+    """Blocks a writer stored keep at most ``WRITTEN_CACHE_BYTES`` in memory (not the whole
+    block cache: that broke the buffer_size_mb + 200 MiB bound while writing 2 GiB); the latest
+    read back from memory, older ones from the store, byte-exactly."""
+    from volume.engine.blocks import WRITTEN_CACHE_BYTES
+    from volume.testing.memory import MemoryObjectStore
+
+    block = 1 << 20
+    MemoryObjectStore.reset("written-share")
+    blocks = BlockStore(MemoryObjectStore("written-share"), "vol", block, cache_bytes=256 << 20)
+    try:
+        count = 2 * WRITTEN_CACHE_BYTES // block
+        data = [os.urandom(block) for _ in range(count)]
+        for indx, piece in enumerate(data):
+            blocks.upload(3, indx, bytearray(piece))
+        blocks.drain()
+        assert blocks._written.size <= WRITTEN_CACHE_BYTES
+        assert blocks._cache.size + blocks._written.size <= WRITTEN_CACHE_BYTES
+        fetches = blocks.stats.fetches
+        assert blocks.read(3, count * block, (count - 1) * block, block) == data[-1]
+        assert blocks.stats.fetches == fetches  # the last one is still in memory
+        assert blocks.read(3, count * block, 0, block) == data[0]
+        assert blocks.stats.fetches == fetches + 1  # the first one came from the store
+    finally:
+        blocks.close()

@@ -3,6 +3,12 @@
 A block that has been handed to :meth:`BlockStore.upload` stays readable from memory until its
 upload succeeded, so the metadata may reference it at once (writeback); :meth:`BlockStore.drain`
 is what a commit waits on: it returns only when every block handed over exists in the store.
+
+Memory rule: a writer holds at most ``max_pending_bytes`` (the mount's ``buffer_size_mb``) of
+blocks not yet stored, plus ``WRITTEN_CACHE_BYTES`` of blocks it just stored (kept for
+read-after-write; a ``cache_dir`` keeps every one of them on disk). Only blocks fetched from the
+store fill the in-memory read cache (``cache_bytes``), so writing never grows memory past
+``buffer_size_mb`` plus that small share.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ MAX_UNSYNCED = 65536  # stored keys remembered for the next sync; past it the wh
 DRAIN_ROUNDS = 3  # rounds of retries of failed uploads in one drain
 RETRY_INTERVAL = 0.25  # seconds between retries of failed uploads while writers wait
 LOCAL_UPLOAD_WORKERS = 4
+WRITTEN_CACHE_BYTES = 16 << 20  # just-stored blocks kept in memory (at most cache_bytes)
 
 
 @dataclass
@@ -93,7 +100,8 @@ class BlockStore:
         self.block_bytes = block_bytes
         self.hash_prefix = hash_prefix
         self.stats = BlockStats()
-        self._cache = _LRU(cache_bytes)
+        self._cache = _LRU(cache_bytes)  # blocks fetched from the store
+        self._written = _LRU(min(cache_bytes, WRITTEN_CACHE_BYTES))  # blocks just stored
         self._disk = disk_cache
         self._max_pending = max(max_pending_bytes, block_bytes)
         self._pending: dict[str, bytes] = {}
@@ -234,9 +242,14 @@ class BlockStore:
             if self._direct:
                 self._recycle(data)
             else:
-                self._cache.put(key, data)
+                self._written.put(key, data)
                 if self._disk is not None:
                     self._disk.put(key, data)
+
+    def _cached(self, key: str) -> bytes | None:
+        """A block held in memory after its fetch or its upload."""
+        data = self._cache.get(key)
+        return data if data is not None else self._written.get(key)
 
     def _recycle(self, data: bytes | bytearray) -> None:
         """Keep a stored block's buffer for :meth:`block_buffer`. Only called once the block left
@@ -405,7 +418,7 @@ class BlockStore:
             return
         for indx in self.block_range(size, off, length):
             key = self.key(slice_id, indx, self._bsize(size, indx))
-            if self._cache.get(key) is not None or key in self._pending:
+            if self._cached(key) is not None or key in self._pending:
                 continue
             self._fetch_future(key, self._bsize(size, indx))
 
@@ -424,7 +437,7 @@ class BlockStore:
         try:
             if self._direct:
                 return self._read_direct(key, bsize, start, n)
-            data = self._cache.get(key)
+            data = self._cached(key)
             if data is not None:
                 self.stats.cache_hits += 1
                 return data[start : start + n] if (start, n) != (0, len(data)) else data
