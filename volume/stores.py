@@ -316,7 +316,7 @@ class MetaStore(ABC):
     #: the ``metadata_store_type`` name the plugin is registered under
     name: ClassVar[str] = ""
     capabilities: ClassVar[MetaStoreCapabilities] = MetaStoreCapabilities()
-    #: file name of the index snapshot (``meta.db``, ``dump.rdb``) inside a meta dir
+    #: file name of the index snapshot (``meta.db``, ``meta.rdb``) inside a meta dir
     index_filename: ClassVar[str] = ""
 
     @classmethod

@@ -114,3 +114,29 @@ def test_writes_reach_the_server_only_as_whole_transactions(engine: Engine) -> N
     assert sorted(fs.listdir("/d")) == sorted(f"f{i}" for i in range(10))
     r = raw(engine)
     assert r.hlen(f"d{directory}") == 10
+
+
+def test_an_absent_slice_ref_field_reads_as_one_reference_as_in_juicefs(tmp_path: Path) -> None:
+    """The JuiceFS client writes no sliceRef field for a slice referenced once (the field holds
+    refs - 1): our listing and fsck read such a slice as 1 reference, and a reference dropped
+    after the listing leaves 0 (what the client's HINCRBY -1 gives)."""
+    meta = RedisMetaStore.open(tmp_path / "meta")
+    objects = LocalObjectStore(tmp_path / "bucket")
+    fmt = new_format("absent", storage="file", bucket=f"{tmp_path}/bucket/", block_size_kib=64)
+    format_volume(meta, objects, fmt)
+    engine = Engine(meta, objects)
+    PathFS(engine).write_bytes("/once", b"z" * 5000)
+    engine.close()
+    with meta.transaction() as tx:
+        ((slice_id, size, refs),) = [r for r in tx.slice_refs() if r[0]]
+    assert refs == 1
+    meta._client.hdel(b"sliceRef", b"k%d_%d" % (slice_id, size))  # as the client writes it
+    meta._reset_cache()
+    from volume.engine.check import check_metadata
+
+    assert check_metadata(meta) == []  # no "has no jfs_chunk_ref row"
+    with meta.transaction(write=True) as tx:
+        assert [r for r in tx.slice_refs() if r[0]] == [(slice_id, size, 1)]
+        assert tx.add_slice_ref(slice_id, size, 1) == 2
+        assert tx.add_slice_ref(slice_id, size, -2) == 0
+    meta.close()

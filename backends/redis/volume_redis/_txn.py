@@ -14,7 +14,14 @@ import functools
 from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 from volume.errors import MetaStoreError, VolumeReadOnly
-from volume.juicefs import CHUNK_SIZE, SLICE_RECORD_SIZE, TYPE_DIRECTORY, TYPE_FILE, Attr
+from volume.juicefs import (
+    CHUNK_SIZE,
+    SLICE_RECORD_SIZE,
+    TYPE_DIRECTORY,
+    TYPE_FILE,
+    Attr,
+    unpack_slices,
+)
 from volume.stores import MetaTxn
 
 from . import _codec as codec
@@ -54,6 +61,8 @@ class RedisTxn(MetaTxn):
         self._cleared: set[bytes] = set()  # d/x hashes deleted before their field changes
         self._field: dict[tuple[bytes, bytes], bytes | None] = {}  # sliceRef, p, dir stats
         self._incr: dict[tuple[bytes, bytes], int] = {}  # increments of fields never read
+        # sliceRef fields a listing found absent for a slice chunk records name: 1 reference
+        self._implied: set[bytes] = set()
         self._list: dict[bytes, tuple[bytes, bytes]] = {}  # chunk key -> (before, now)
         self._sustained: list[tuple[int, int]] | None = None  # the whole list once changed
         self._links: dict[int, dict[int, int]] = {}  # non-directory inode -> parent -> delta
@@ -316,22 +325,35 @@ class RedisTxn(MetaTxn):
 
     @_writes
     def add_slice_ref(self, slice_id: int, size: int, delta: int) -> int:
-        # JuiceFS keeps refs - 1 in sliceRef; our absent field means no reference yet
+        # JuiceFS keeps refs - 1 in sliceRef and leaves the field out for a slice written once
+        # (absent = 1 reference); ours writes it from the first reference (absent = none yet),
+        # except for a slice a listing of this transaction found named without a field
         field = codec.slice_field(slice_id, size)
         raw = self._get_field(codec.SLICE_REFS, field)
-        refs = (0 if raw is None else int(raw) + 1) + delta
+        base = 1 if raw is None and field in self._implied else 0
+        refs = (base if raw is None else int(raw) + 1) + delta
         self._field[(codec.SLICE_REFS, field)] = str(refs - 1).encode()
         return refs
 
     def slice_refs(self) -> Iterator[tuple[int, int, int]]:
-        fields = set(self._s._hash_fields(codec.SLICE_REFS))
-        fields.update(f for k, f in self._field if k == codec.SLICE_REFS)
+        """Every slice with its reference count: the sliceRef fields (one HGETALL), and, as
+        JuiceFS reads them, the slices chunk records name without a field (1 reference)."""
+        key = codec.SLICE_REFS
+        values: dict[bytes, bytes | None] = dict(self._s._server_hgetall(key))
+        mine = {f for k, f in self._field if k == key} | {f for k, f in self._incr if k == key}
+        for field in mine:
+            values[field] = self._get_field(key, field)
         out = []
-        for field in fields:
-            raw = self._get_field(codec.SLICE_REFS, field)
+        for field, raw in values.items():
             m = codec.SLICE_FIELD.fullmatch(field)
             if raw is not None and m:
                 out.append((int(m.group(1)), int(m.group(2)), int(raw) + 1))
+        for _, _, blob in self.iter_chunks():
+            for rec in unpack_slices(blob):
+                field = codec.slice_field(rec.id, rec.size)
+                if rec.id and values.get(field) is None and field not in self._implied:
+                    self._implied.add(field)
+                    out.append((rec.id, rec.size, 1))
         return iter(sorted(out))
 
     # ---- counters (SQL convention outside, JuiceFS Redis convention inside)
