@@ -70,7 +70,9 @@ class Engine(NamespaceOps, FileOps, RangeOps):
     says when chunks fragmented by many small writes are rewritten with fewer records (None:
     never; see :mod:`volume.engine.compaction`). ``buffer_bytes`` bounds the bytes held in memory
     for blocks not yet stored (buffered and failed uploads alike); a writer past it waits, and
-    after ``io_timeout`` seconds (None: forever) fails with ``EIO``.
+    after ``io_timeout`` seconds (None: forever) fails with ``EIO``. ``cache_bytes`` bounds the
+    in-memory cache of blocks read from a remote store; blocks this engine stored keep only a
+    small share (``blocks.WRITTEN_CACHE_BYTES``), so writing stays near ``buffer_bytes``.
     """
 
     def __init__(
