@@ -131,3 +131,51 @@ def test_stored_blocks_take_a_small_share_of_memory_and_read_back() -> None:
         assert blocks.stats.fetches == fetches + 1  # the first one came from the store
     finally:
         blocks.close()
+
+
+class CountingGatedStore(GatedStore):
+    """A gated store that counts the puts waiting at its gate (uploads in flight)."""
+
+    def __init__(self, root: Path):
+        super().__init__(root)
+        self.waiting = 0
+        self._count_lock = threading.Lock()
+
+    def put(self, key, data, *, if_absent=False):
+        with self._count_lock:
+            self.waiting += 1
+        super().put(key, data, if_absent=if_absent)
+
+
+def test_a_two_block_buffer_keeps_two_uploads_in_flight(tmp_path: Path) -> None:
+    """The block a writer is filling does not starve uploads: with a buffer of two blocks, two
+    uploads are in flight while the writer waits for room (it used to be one: the block being
+    handed over was counted twice)."""
+    objects = CountingGatedStore(tmp_path / "bucket")
+    meta = SQLiteMetaStore.open(tmp_path / "meta")
+    fmt = new_format("twoup", storage="file", bucket=f"{tmp_path}/bucket/", block_size_kib=64)
+    objects.gate.set()  # formatting writes to the store too
+    format_volume(meta, objects, fmt)
+    engine = Engine(meta, objects, buffer_bytes=2 * BLOCK, upload_workers=4)
+    objects.gate.clear()
+    objects.waiting = 0
+    fs = PathFS(engine)
+    data = os.urandom(4 * BLOCK)
+    fd = fs.open("/f", os.O_WRONLY | os.O_CREAT)
+    writer = threading.Thread(target=fs.write, args=(fd, data, 0))
+    writer.start()
+    try:
+        for _ in range(100):  # until the writer waits with the uploads it could start
+            if objects.waiting >= 2:
+                break
+            writer.join(0.05)
+        assert objects.waiting >= 2, f"{objects.waiting} upload(s) in flight with a 2-block buffer"
+        assert writer.is_alive()  # and the bound still holds the writer back
+    finally:
+        objects.gate.set()
+        writer.join(10)
+    fs.close(fd)
+    engine.drain()
+    assert fs.read_bytes("/f") == data
+    engine.close()
+    meta.close()

@@ -154,16 +154,32 @@ class BlockStore:
 
     def block_buffer(self) -> bytearray:
         """A buffer of one block's size to fill and hand to :meth:`upload` (a recycled one when
-        there is one, so its content is arbitrary)."""
+        there is one, so its content is arbitrary).
+
+        Waits, as :meth:`upload` does, until the new buffer fits under the pending bound: the
+        writer waits before it takes memory, so handing a full buffer over never waits for
+        room and a bound of two blocks keeps two uploads in flight."""
         with self._cond:
+            self._wait_for_room_locked(self.block_bytes)
             if self._spares:
                 return self._spares.pop()
         return bytearray(self.block_bytes)
 
-    def upload(self, slice_id: int, indx: int, data: bytes | bytearray, inode: int = 0) -> None:
+    def upload(
+        self,
+        slice_id: int,
+        indx: int,
+        data: bytes | bytearray,
+        inode: int = 0,
+        *,
+        counted: bool = False,
+    ) -> None:
         """Hand a block over for upload; returns once it is readable (and the upload queued).
 
-        The caller never modifies ``data`` afterwards.
+        The caller never modifies ``data`` afterwards. ``counted``: ``data`` is a write buffer
+        already counted by :meth:`buffered`; its bytes move from buffered to pending as it is
+        handed over (counted once, so the block being handed over does not starve uploads: a
+        two-block bound keeps two uploads in flight).
 
         Blocks while the bytes held for upload (queued, in flight or failed) would exceed the
         pending bound (back-pressure); meanwhile failed uploads are retried every
@@ -172,34 +188,41 @@ class BlockStore:
         (the file the block belongs to) lets :meth:`drain_inode` wait for that file's blocks only.
         """
         key = self.key(slice_id, indx, len(data))
-        timeout = self._wait_timeout
-        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while (
-                self._pending_bytes
-                and self._pending_bytes + self._buffered_bytes + len(data) > self._max_pending
-            ):  # waits at most until every upload handed over so far is done
-                self._retry_failed_locked()
-                remaining = RETRY_INTERVAL
-                if deadline is not None:
-                    remaining = min(remaining, deadline - time.monotonic())
-                    if remaining <= 0:
-                        first = next(iter(self._failed.values()), None)
-                        raise OSError(
-                            errno.EIO,
-                            f"{self._pending_bytes} bytes of blocks are waiting for the object "
-                            f"store ({len(self._failed)} uploads failed"
-                            + (f", last error: {first}" if first else "")
-                            + f"); no room for more after {timeout} s",
-                        )
-                self._cond.wait(remaining)
+            self._wait_for_room_locked(0 if counted else len(data))
             self._pending[key] = data
             self._pending_bytes += len(data)
+            if counted:
+                self._buffered_bytes -= len(data)
             self._inflight_uploads += 1
             if inode:
                 self._key_inode[key] = inode
                 self._inode_pending.setdefault(inode, set()).add(key)
         self._uploader.submit(self._upload, key, data)
+
+    def _wait_for_room_locked(self, extra: int) -> None:
+        """Wait until ``extra`` more bytes fit under the pending bound (back-pressure; ``_cond``
+        held), retrying failed uploads meanwhile; ``OSError(EIO)`` after ``wait_timeout`` s."""
+        timeout = self._wait_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (
+            self._pending_bytes
+            and self._pending_bytes + self._buffered_bytes + extra > self._max_pending
+        ):  # waits at most until every upload handed over so far is done
+            self._retry_failed_locked()
+            remaining = RETRY_INTERVAL
+            if deadline is not None:
+                remaining = min(remaining, deadline - time.monotonic())
+                if remaining <= 0:
+                    first = next(iter(self._failed.values()), None)
+                    raise OSError(
+                        errno.EIO,
+                        f"{self._pending_bytes} bytes of blocks are waiting for the object "
+                        f"store ({len(self._failed)} uploads failed"
+                        + (f", last error: {first}" if first else "")
+                        + f"); no room for more after {timeout} s",
+                    )
+            self._cond.wait(remaining)
 
     def _upload(self, key: str, data: bytes) -> None:
         error: BaseException | None = None

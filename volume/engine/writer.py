@@ -69,8 +69,7 @@ class SliceWriter:
             self.fill = max(self.fill, rel)
             self.length = max(self.length, self.frozen + self.fill)
             if self.fill == bs:
-                self.blocks.upload(self.id, self.frozen // bs, self.buf, self.inode)
-                self.blocks.buffered(-len(self.buf))
+                self.blocks.upload(self.id, self.frozen // bs, self.buf, self.inode, counted=True)
                 self.buf, self.fill, rel = None, 0, 0
                 self.frozen += bs
 
@@ -81,9 +80,8 @@ class SliceWriter:
             del self.buf[self.fill :]
             self.blocks.buffered(self.fill - held)
             self.blocks.upload(
-                self.id, self.frozen // self.blocks.block_bytes, self.buf, self.inode
+                self.id, self.frozen // self.blocks.block_bytes, self.buf, self.inode, counted=True
             )
-            self.blocks.buffered(-self.fill)
             self.frozen += self.fill
         elif self.buf is not None:
             self.blocks.buffered(-len(self.buf))
