@@ -263,8 +263,8 @@ def test_peak_rss_while_writing_stays_under_the_buffer(request, tmp_path):
     """Writing ``VOLUME_BENCH_RSS_BYTES`` (default 2 GiB) through a volume on moto keeps the
     writer's peak RSS under ``buffer_size_mb`` + 200 MiB (the issue's bound).
 
-    Seen: 402 MiB with the engine's defaults, because stored blocks enter its 256 MiB in-memory
-    block cache; 162 MiB with ``VOLUME_BENCH_CACHE_BYTES=16777216`` (a 16 MiB cache)."""
+    Seen: 162 MiB with the engine's defaults (just-stored blocks keep at most 16 MiB in memory;
+    only blocks read from the store fill the in-memory cache). Before that rule: 402 MiB."""
     request.getfixturevalue("s3_env")
     prefix = request.getfixturevalue("unique_prefix")
     total = int(os.environ.get("VOLUME_BENCH_RSS_BYTES", str(2 << 30)))
