@@ -498,6 +498,13 @@ class RedisMetaStore(MetaStore):
             self._grow()
             return value
 
+    def _seed_fields(self, key: bytes, values: dict[bytes, bytes | None]) -> None:
+        """Remember fields of ``key`` just read from the server (a whole HGETALL, or fields
+        known absent), so later reads of them cost no round trip."""
+        fresh = {(key, f): v for f, v in values.items() if (key, f) not in self._c_field}
+        self._c_field.update(fresh)
+        self._grow(len(fresh))
+
     @_reads
     def _server_hget(self, key: bytes, field: bytes) -> bytes | None:
         return self._client.hget(key, field)

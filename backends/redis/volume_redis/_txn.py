@@ -340,6 +340,7 @@ class RedisTxn(MetaTxn):
         JuiceFS reads them, the slices chunk records name without a field (1 reference)."""
         key = codec.SLICE_REFS
         values: dict[bytes, bytes | None] = dict(self._s._server_hgetall(key))
+        self._s._seed_fields(key, values)  # the pins that follow a listing read each field
         mine = {f for k, f in self._field if k == key} | {f for k, f in self._incr if k == key}
         for field in mine:
             values[field] = self._get_field(key, field)
@@ -354,6 +355,7 @@ class RedisTxn(MetaTxn):
                 if rec.id and values.get(field) is None and field not in self._implied:
                     self._implied.add(field)
                     out.append((rec.id, rec.size, 1))
+        self._s._seed_fields(key, {f: None for f in self._implied if f not in values})
         return iter(sorted(out))
 
     # ---- counters (SQL convention outside, JuiceFS Redis convention inside)
