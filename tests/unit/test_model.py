@@ -390,7 +390,7 @@ SEED_API = {
         "timeout": 120, "attr_cache": 1.0, "entry_cache": 1.0, "dir_entry_cache": 1.0,
         "writeback": True, "upload_workers": 8, "buffer_size_mb": 300, "transport": "auto"},
     RWVolume.commit: {"self": inspect.Parameter.empty, "message": None, "mount_path": None,
-                      "meta_dir": None},
+                      "meta_dir": None, "timeout": None},
     RWVolume.finalize: {"self": inspect.Parameter.empty, "message": None, "timeout": 60},
     RWVolume.unmount: {"self": inspect.Parameter.empty},
 }  # fmt: skip
