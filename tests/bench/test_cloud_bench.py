@@ -104,8 +104,9 @@ def _clients(kind: str, server: servers.Server, prefix: str) -> dict[str, tuple]
                                 lambda k: obstore.get(raw, k).bytes().to_bytes())  # fmt: skip
         plugin = S3ObjectStore.from_uri(f"s3://{S3_BUCKET}/{prefix}p", endpoint=server.url)
     elif kind == "gs":
-        import gcsfs
         from volume_gs import GCSObjectStore  # first: it turns off gcsfs's gRPC bucket lookup
+
+        import gcsfs
 
         fs = gcsfs.GCSFileSystem(token="anon", endpoint_url=server.url)
         out["gcsfs (raw)"] = (
