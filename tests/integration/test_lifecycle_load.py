@@ -247,3 +247,40 @@ def test_commit_and_finalize_honour_timeout_and_leave_the_mount_intact(
     with version.mount(transport="none") as ro:
         assert ro.fs.cat_file("/during.bin") == b"d" * 100_000
         assert ro.fs.cat_file("/after.txt") == b"still writable"
+
+
+def test_without_root_a_busy_mount_stays_mounted_until_its_user_leaves(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Only root may abort a FUSE connection: a non-root mount still busy at the timeout stays
+    mounted and frozen (never detached lazily), and is unmounted as soon as its user leaves."""
+    mnt = tmp_path / "mnt"
+    rw = Volume.new("stuck", bucket=str(tmp_path / "bucket")).mount(mount_path=mnt)
+    (mnt / "d").mkdir()
+    sitter = subprocess.Popen(
+        [sys.executable, "-c", "import sys, os; print('in', flush=True); sys.stdin.readline();"
+         "\ntry:\n open('late', 'w').write('x')\nexcept OSError as e: print(e.errno, flush=True)"
+         "\nsys.stdin.readline()"],
+        cwd=mnt / "d", stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert sitter.stdout.readline().strip() == "in"
+        monkeypatch.setattr(fuse_mod.os, "geteuid", lambda: 1000)
+        rw.finalize("stuck", timeout=1)
+        assert fuse_mod._mount_at(mnt) is not None, "a busy mount was detached"
+        sitter.stdin.write("go\n")
+        sitter.stdin.flush()
+        failed = sitter.stdout.readline().strip()
+        assert failed and int(failed) in (errno.EROFS, errno.EIO, errno.ENOTCONN), failed
+        sitter.stdin.write("bye\n")
+        sitter.stdin.flush()
+        sitter.wait(timeout=30)
+        deadline = time.monotonic() + 15  # its user left: the mount is unmounted in the background
+        while fuse_mod._mount_at(mnt) is not None or mnt.exists():
+            assert time.monotonic() < deadline, "the busy mount was never unmounted"
+            time.sleep(0.1)
+    finally:
+        sitter.kill()
+        sitter.wait()
+        subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True, check=False)

@@ -1114,16 +1114,18 @@ class FuseMount:
             log.warning("the FUSE loop of %s still runs after the unmount", self.mount_path)
 
     def _abort(self) -> None:
-        """The mount stayed busy past its timeout: abort its connection (never a lazy unmount)
-        and unmount it in the background once its users have left."""
+        """The mount stayed busy past its timeout: never a lazy unmount. As root, abort its
+        connection (its users get ENOTCONN); otherwise (only root may abort a connection) it
+        stays mounted, frozen, while this process lives. Either way it is unmounted in the
+        background once its users have left."""
         path = self.mount_path
-        if os.geteuid() != 0:
-            log.error("%s is still busy and only root can abort a FUSE connection: unmounting "
-                      "lazily (processes still inside may write into the bare directory)", path)
-            _fusermount(path, "-z")  # fmt: skip
-            return
-        log.warning("%s is still busy: its connection is aborted (its users get ENOTCONN)", path)
-        _umount(path, MNT_FORCE)
+        if os.geteuid() == 0:
+            log.warning("%s is still busy: its connection is aborted (its users get ENOTCONN)",
+                        path)  # fmt: skip
+            _umount(path, MNT_FORCE)
+        else:
+            log.warning("%s is still busy: it stays mounted until its users leave (they get "
+                        "ENOTCONN if this process exits first)", path)  # fmt: skip
 
         def reap() -> None:
             while _mount_at(path) is not None and not _umount(path):
