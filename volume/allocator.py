@@ -15,6 +15,7 @@ import secrets
 import socket
 import time
 
+from . import keys
 from .errors import ObjectExists, VolumeSystemError
 from .juicefs import (
     COUNTER_NEXT_CHUNK,
@@ -39,7 +40,7 @@ COUNTER_CEILING = MIN_INTERNAL_INODE - (1 << 40)
 
 def ledger_prefix(fs_name: str) -> str:
     """Key prefix of a chunk key space's domain ledger."""
-    return f"{fs_name}/_volume/domains/"
+    return keys.domains_prefix(fs_name)
 
 
 def _claimed(objects: ObjectStore, prefix: str) -> list[int]:
@@ -73,7 +74,7 @@ def claim_domain(objects: ObjectStore, fs_name: str, volume_name: str) -> int:
                 f"sessions); start a new volume family"
             )
         try:
-            objects.put(f"{prefix}{domain:07d}", record, if_absent=True)
+            objects.put(keys.domain_key(fs_name, domain), record, if_absent=True)
         except ObjectExists:
             continue
         return domain

@@ -5,14 +5,16 @@ may be deleted only when no published version of any fork references it and no s
 still be writing can reference it later. One streamed pass over the bucket's sorted listing does
 it, family by family (a family's ``_volume/`` keys sort before its ``chunks/``):
 
-1. ``_volume/domains/<d>`` (claim time), ``_volume/live/<d>`` (heartbeat) and
-   ``_volume/versions/<v>/`` are read. The reachable set is every slice named by a slice record
-   of every version's index, and of every index uploaded without its document yet (a publish in
-   progress, or abandoned: reported, never deleted). Reachability comes from the records, never
-   from reference counts (published indexes carry pins).
-2. A slice domain is *protected* when it was claimed less than the grace period ago or its session
-   marks it live (:class:`LiveMarker`, heartbeat younger than the grace period): every block of a
-   protected domain is kept, referenced or not.
+1. ``_volume/domains/<d>`` (claim time), ``_volume/kept/<d>`` (kept working copies),
+   ``_volume/live/<d>`` (heartbeat) and ``_volume/versions/<v>/`` are read. The reachable set is
+   every slice named by a slice record of every version's index, and of every index uploaded
+   without its document yet (a publish in progress, or abandoned: reported, never deleted).
+   Reachability comes from the records, never from reference counts (published indexes carry
+   pins).
+2. A slice domain is *protected* when it was claimed less than the grace period ago, its session
+   marks it live (:class:`LiveMarker`, heartbeat younger than the grace period), or a working copy
+   kept in a ``meta_dir`` for a resume still holds it (:func:`keep`, whatever its age): every
+   block of a protected domain is kept, referenced or not.
 3. Every other block under ``chunks/`` that no reachable slice contains is garbage: reported
    (count and bytes), and deleted with ``delete=True``.
 
@@ -41,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
-from . import plugins
+from . import keys, plugins
 from .errors import ObjectNotFound, VolumeError, VolumeUsageError
 from .juicefs import block_key, iter_slice_ids, slice_blocks
 
@@ -57,7 +59,8 @@ __all__ = [
     "LiveMarker",
     "collect",
     "fsck",
-    "live_prefix",
+    "keep",
+    "unkeep",
 ]
 
 DEFAULT_GRACE = 3600.0
@@ -66,11 +69,6 @@ DOMAIN_BITS = 42
 _BLOCK_NAME = re.compile(r"(\d+)_(\d+)_(\d+)")
 _BATCH = 10_000
 Progress = Callable[[int], None]
-
-
-def live_prefix(fs_name: str) -> str:
-    """Key prefix of a family's live-session markers."""
-    return f"{fs_name}/_volume/live/"
 
 
 # =========================================================================== live markers
@@ -87,11 +85,7 @@ class LiveMarker:
     def __init__(
         self, objects: "ObjectStore", fs_name: str, domain: int, interval: float = HEARTBEAT_SECONDS
     ):
-        self.objects, self.key, self.interval = (
-            objects,
-            f"{live_prefix(fs_name)}{domain:07d}",
-            interval,
-        )
+        self.objects, self.key, self.interval = objects, keys.live_key(fs_name, domain), interval
         self._stop = threading.Event()
         self._beat()
         self._thread = threading.Thread(target=self._run, name="volume-live-marker", daemon=True)
@@ -112,6 +106,27 @@ class LiveMarker:
         self._thread.join()
         with contextlib.suppress(Exception):
             self.objects.delete(self.key)
+
+
+# =========================================================================== kept working copies
+
+
+def keep(objects: "ObjectStore", fs_name: str, domains: Iterable[int], **hint: Any) -> None:
+    """Mark ``domains`` as held by a working copy kept for a resume (in a ``meta_dir`` that
+    outlives its process): ``<Name>/_volume/kept/<d>``, JSON ``kept_at`` plus ``hint`` (volume,
+    meta_dir, host, pid) for people. gc keeps every block of such a domain whatever its age, until
+    :func:`unkeep` (the working copy is finalized or discarded). Written before the session
+    stores its first block, so a SIGKILL never leaves fsync'd blocks unmarked.
+    """
+    record = {"kept_at": time.time(), "host": socket.gethostname(), "pid": os.getpid(), **hint}
+    for d in sorted(set(domains)):
+        objects.put(keys.kept_key(fs_name, d), json.dumps({**record, "domain": d}).encode())
+
+
+def unkeep(objects: "ObjectStore", fs_name: str, domains: Iterable[int]) -> None:
+    """Remove the kept marks of ``domains`` (a missing one is fine)."""
+    for d in sorted(set(domains)):
+        objects.delete(keys.kept_key(fs_name, d))
 
 
 # =========================================================================== reports
@@ -139,6 +154,9 @@ class FamilyReport:
     unreadable: list[str] = field(default_factory=list)
     other_keys: int = 0
     stale_markers: list[int] = field(default_factory=list)
+    #: working copies kept for a resume: domain, age_seconds and the mark's hint (volume,
+    #: meta_dir, host, pid); their domains are protected whatever their age
+    kept: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -247,6 +265,7 @@ class _Family:
     tmp: Path
     claimed: dict[int, float] = field(default_factory=dict)
     heartbeats: dict[int, float] = field(default_factory=dict)
+    kept: dict[int, dict[str, Any]] = field(default_factory=dict)
     versions: dict[str, dict[str, str]] = field(default_factory=dict)
     reach: _Reach | None = None
     block_bytes: int = 4 << 20
@@ -255,8 +274,8 @@ class _Family:
 
     def take(self, rest: str, size: int) -> None:
         key = f"{self.report.name}/{rest}"
-        if rest.startswith("_volume/"):
-            self._meta_key(rest[len("_volume/") :], key)
+        if rest.startswith(f"{keys.VOLUME_DIR}/"):
+            self._meta_key(rest[len(keys.VOLUME_DIR) + 1 :], key)
         elif rest.startswith("chunks/"):
             if self.reach is None:
                 self._prepare()
@@ -283,16 +302,25 @@ class _Family:
             self.claimed[int(name)] = self._record_time(key, "claimed_at")
         elif kind == "live" and name.isdigit():
             self.heartbeats[int(name)] = self._record_time(key, "heartbeat_at")
+        elif kind == "kept" and name.isdigit():
+            self.kept[int(name)] = self._record(key)
         elif kind == "versions" and "/" in name:
             version, _, filename = name.partition("/")
             self.versions.setdefault(version, {})[filename] = key
         else:
             self.report.other_keys += 1
 
+    def _record(self, key: str) -> dict[str, Any]:
+        try:
+            record = json.loads(self.objects.get(key))
+        except (ObjectNotFound, ValueError):
+            return {}
+        return record if isinstance(record, dict) else {}
+
     def _record_time(self, key: str, field_name: str) -> float:
         try:
-            return float(json.loads(self.objects.get(key))[field_name])
-        except (ObjectNotFound, ValueError, KeyError, TypeError):
+            return float(self._record(key)[field_name])
+        except (ValueError, KeyError, TypeError):
             return self.now  # unreadable or just removed: treat as fresh (keeps more)
 
     def _prepare(self) -> None:
@@ -307,6 +335,12 @@ class _Family:
         for d, at in self.heartbeats.items():
             if self.now - at < self.grace:
                 self.protected.add(d)
+        for d, record in sorted(self.kept.items()):
+            self.protected.add(d)  # whatever its age: a resume will read these blocks
+            hint = {k: record.get(k) for k in ("volume", "meta_dir", "host", "pid")}
+            at = record.get("kept_at")
+            age = self.now - at if isinstance(at, (int, float)) else None
+            self.report.kept.append({"domain": d, "age_seconds": age, **hint})
         self.report.protected_domains = sorted(self.protected)
         self.reach = _Reach(self.tmp)
         loaded: set[str] = set()
@@ -367,7 +401,7 @@ class _Family:
         self.report.stale_markers = sorted(stale)
         if self.delete:  # a session that is alive after all writes its marker again
             for d in stale:
-                self.objects.delete(f"{live_prefix(self.report.name)}{d:07d}")
+                self.objects.delete(keys.live_key(self.report.name, d))
         return self.report
 
 

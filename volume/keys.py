@@ -1,14 +1,96 @@
-"""Argument checks every object store shares: keys, list prefixes and byte ranges.
+"""Bucket keys: where each object of a volume family lives, and the argument checks every
+object store shares (keys, list prefixes and byte ranges).
 
-One definition, used by every plugin, so that a key refused by one store is refused by all of them
-with the same message. The rules are normative, see ``spec/stores.md``.
+Every key this project builds in a bucket is spelled here, once (the layout is normative, see
+``spec/bucket-layout.md``), except the data blocks' own keys, which follow the JuiceFS format
+(:func:`volume.juicefs.block_key`). The checks are used by every plugin, so that a key refused by
+one store is refused by all of them with the same message (``spec/stores.md``).
 """
 
 from __future__ import annotations
 
 from .errors import InvalidKeyError, VolumeValidationError
 
-__all__ = ["validate_key", "validate_prefix", "validate_range"]
+__all__ = [
+    "chunks_prefix",
+    "domain_key",
+    "domains_prefix",
+    "family_prefix",
+    "kept_key",
+    "kept_prefix",
+    "live_key",
+    "live_prefix",
+    "uuid_key",
+    "validate_key",
+    "validate_prefix",
+    "validate_range",
+    "version_prefix",
+    "versions_prefix",
+]
+
+# =========================================================================== the layout
+#
+# <Name>/juicefs_uuid, <Name>/chunks/... (JuiceFS's own), and below <Name>/_volume/ what this
+# project adds. ``fs_name`` is the family's Format Name; a domain number is written with seven
+# zero-padded digits, so that keys sort by number.
+
+UUID_FILE = "juicefs_uuid"
+VOLUME_DIR = "_volume"
+
+
+def family_prefix(fs_name: str) -> str:
+    """Every key of the family ``fs_name``."""
+    return f"{fs_name}/"
+
+
+def uuid_key(fs_name: str) -> str:
+    """The family's ``juicefs_uuid`` (its Format UUID; claims the name, create-only)."""
+    return f"{fs_name}/{UUID_FILE}"
+
+
+def chunks_prefix(fs_name: str) -> str:
+    """The family's data blocks (JuiceFS layout, see :func:`volume.juicefs.block_key`)."""
+    return f"{fs_name}/chunks/"
+
+
+def domains_prefix(fs_name: str) -> str:
+    """The slice-domain ledger: one create-only object per claimed domain."""
+    return f"{fs_name}/{VOLUME_DIR}/domains/"
+
+
+def domain_key(fs_name: str, domain: int) -> str:
+    return f"{domains_prefix(fs_name)}{domain:07d}"
+
+
+def live_prefix(fs_name: str) -> str:
+    """Heartbeats of running writable sessions (``volume.gc.LiveMarker``)."""
+    return f"{fs_name}/{VOLUME_DIR}/live/"
+
+
+def live_key(fs_name: str, domain: int) -> str:
+    return f"{live_prefix(fs_name)}{domain:07d}"
+
+
+def kept_prefix(fs_name: str) -> str:
+    """Domains of working copies kept in a ``meta_dir`` for a resume (``volume.gc.KeptMark``)."""
+    return f"{fs_name}/{VOLUME_DIR}/kept/"
+
+
+def kept_key(fs_name: str, domain: int) -> str:
+    return f"{kept_prefix(fs_name)}{domain:07d}"
+
+
+def versions_prefix(fs_name: str) -> str:
+    """Every published version (index and document) of the family."""
+    return f"{fs_name}/{VOLUME_DIR}/versions/"
+
+
+def version_prefix(fs_name: str, version_id: str) -> str:
+    """The objects of one version: its index file and ``volume.json``."""
+    return f"{versions_prefix(fs_name)}{version_id}/"
+
+
+# =========================================================================== argument checks
 
 _KEY_FORM = "keys are relative '/'-separated paths below the store root"
 

@@ -1,9 +1,11 @@
 """The verbs: declare, mount, commit, finalize, fork, migrate, and loading versions back.
 
-Bucket layout (``spec/bucket-layout.md``), below the volume family's Format ``Name``:
+Bucket layout (``spec/bucket-layout.md``; every key is built in ``volume.keys``), below the
+volume family's Format ``Name``:
 
 * ``chunks/...`` and ``juicefs_uuid``: JuiceFS's own objects;
 * ``_volume/domains/<d>``: the slice-domain ledger (``volume.allocator``);
+* ``_volume/kept/<d>`` and ``_volume/live/<d>``: domains gc must keep (``volume.gc``);
 * ``_volume/versions/<version>/<index file>``: a committed index (metadata snapshot);
 * ``_volume/versions/<version>/volume.json``: its version document, the ``locator``.
 
@@ -31,7 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
-from . import plugins, workcopy
+from . import keys, plugins, workcopy
 from .allocator import advance_counters, claim_domain, enter_domain
 from .engine import Engine, PathFS, new_format
 from .errors import (
@@ -600,6 +602,8 @@ def mount_rw(
     try:
         marker = md.marker()
         resumed = workcopy.resumable(md, volume, objects, store_cls.name)
+        if not resumed:
+            workcopy.discard_unresumed(md, objects)
         if resumed:
             meta = store_cls.open(md.path)
             if not workcopy.check_uuid(objects, meta.load_format()):
@@ -643,11 +647,14 @@ def mount_rw(
             _stage_index(volume, objects, md, purpose="write")
             meta = store_cls.open(md.path)
             domain = claim_domain(objects, meta.load_format().Name, volume.name)
+        fmt_now = meta.load_format()
         md.set_marker(
             **workcopy.working_copy_marker(
-                volume, objects, store_cls.name, domain, meta.load_format().UUID
+                volume, objects, store_cls.name, domain, fmt_now.UUID, family=fmt_now.Name,
+                kept=workcopy.kept_domains(md, marker if resumed else None, domain),
             )
-        )
+        )  # fmt: skip
+        workcopy.keep(md, objects)  # before the first block: a SIGKILL leaves nothing unmarked
         with meta.transaction(write=True) as tx:
             enter_domain(tx, domain)
         engine = Engine(
@@ -712,6 +719,7 @@ def unmount(volume: "Volume") -> None:
         log.warning("volume %s: unmounted with unpublished changes (abandoned)", volume.name)
     if m.writable:
         m.meta_dir.set_state(workcopy.ABANDONED)
+        workcopy.unkeep(m.meta_dir, m.objects)
     m.close(drain=False)
 
 
@@ -743,7 +751,7 @@ def publish(
 
     fs_name = meta.load_format().Name
     vid = _version_id(volume.name)
-    prefix = f"{fs_name}/_volume/versions/{vid}/"
+    prefix = keys.version_prefix(fs_name, vid)
     store_cls = type(meta)
     with tempfile.TemporaryDirectory(prefix="volume-snapshot-") as tmp:
         snap = Path(tmp) / store_cls.index_filename
@@ -855,6 +863,9 @@ def finalize(volume: "RWVolume", message: Optional[str], timeout: float) -> "ROV
         m.engine.thaw()
         raise
     volume._mount = None
+    # the version holds every block the frozen copy reads: its kept marks may go (first, so a
+    # crash in between leaves a resumable copy that marks them again, never a copy without them)
+    workcopy.unkeep(m.meta_dir, m.objects)
     m.meta_dir.set_state(workcopy.PUBLISHED)
     m.close(drain=True, timeout=max(deadline - time.monotonic(), 1.0))
     return version
@@ -922,7 +933,7 @@ def _publish_fork_point(child: "RWVolume", objects: ObjectStore, fs_name: str) -
     so no index is uploaded and no block is touched) and stamp its locator on ``child``."""
     from .model import ROVolume
 
-    prefix = f"{fs_name}/_volume/versions/{_version_id(child.name)}/"
+    prefix = keys.version_prefix(fs_name, _version_id(child.name))
     assert child.produced_by is not None
     child.produced_by = child.produced_by.model_copy(
         update={"locator": _uri(objects, prefix + VERSION_DOCUMENT)}

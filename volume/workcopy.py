@@ -31,6 +31,7 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from . import keys
 from .errors import ObjectExists, ObjectNotFound, VolumeBucketNotEmpty, VolumeStoreMismatch
 from .juicefs import Format
 from .stores import ObjectStore
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("volume.workcopy")
 
-UUID_KEY = "juicefs_uuid"
 EXIT_UNMOUNT_SECONDS = 2.0  # how long an exiting process waits for its busy mounts' users
 IN_USE, ABANDONED, PUBLISHED = "in-use", "abandoned", "published"
 
@@ -74,8 +74,8 @@ def claim_name(objects: ObjectStore, fmt: Format) -> Format:
 
     Raises :class:`VolumeBucketNotEmpty` when the prefix holds data or another first mount won.
     """
-    prefix = f"{fmt.Name}/"
-    key = prefix + UUID_KEY
+    prefix = keys.family_prefix(fmt.Name)
+    key = keys.uuid_key(fmt.Name)
     with _lock:
         earlier = _failed_first_mounts.get((objects.uri, fmt.Name))
     if earlier is not None:
@@ -111,8 +111,8 @@ def first_mount_done(objects: ObjectStore, fmt: Format) -> None:
 
 
 def working_copy_marker(volume: "Volume", objects: ObjectStore, store: str, domain: int,
-                        fs_uuid: str) -> dict[str, Any]:  # fmt: skip
-    """The marker fields of a live working copy of ``volume``."""
+                        fs_uuid: str, *, family: str, kept: list[int]) -> dict[str, Any]:  # fmt: skip
+    """The marker fields of a live working copy of ``volume`` (``kept``: see :func:`keep`)."""
     return {
         "state": IN_USE,
         "store": store,
@@ -121,7 +121,67 @@ def working_copy_marker(volume: "Volume", objects: ObjectStore, store: str, doma
         "bucket": objects.uri,
         "base": volume.index.path if volume.index is not None else None,
         "uuid": fs_uuid,
+        "family": family,
+        "kept": kept,
     }
+
+
+def kept_domains(md: "MetaDir", resumed_from: Optional[dict[str, Any]], domain: int) -> list[int]:
+    """The slice domains whose blocks the working copy in ``md`` may read once this session
+    (in ``domain``) is left behind: none for a temporary meta dir (it never outlives its
+    process), else the domains of the copy it resumes (``resumed_from``, its marker) and its own.
+    """
+    if md.owned:
+        return []
+    earlier: list[int] = []
+    if resumed_from is not None:
+        earlier = list(resumed_from.get("kept") or [])
+        if resumed_from.get("domain") is not None:  # a copy made before kept marks existed
+            earlier.append(int(resumed_from["domain"]))
+    return sorted({*earlier, domain})
+
+
+def keep(md: "MetaDir", objects: ObjectStore) -> None:
+    """Mark the domains of the working copy in ``md`` kept in the bucket (``volume.gc.keep``),
+    before the session stores any block: gc then never deletes a block a resume may read, however
+    long the copy waits (a crash, SIGKILL, or an exit without finalizing leaves it behind)."""
+    from . import gc
+
+    marker = md.marker() or {}
+    if marker.get("kept"):
+        gc.keep(objects, marker["family"], marker["kept"], volume=marker.get("volume"),
+                meta_dir=str(md.path))  # fmt: skip
+
+
+def unkeep(md: "MetaDir", objects: ObjectStore) -> None:
+    """The working copy in ``md`` is finalized or discarded: remove its kept marks (a failure is
+    logged: the marks only keep blocks longer, and gc lists them)."""
+    from . import gc
+
+    marker = md.marker()
+    if not marker or not marker.get("kept"):
+        return
+    try:
+        gc.unkeep(objects, marker["family"], marker["kept"])
+    except Exception as exc:  # noqa: BLE001
+        log.warning("volume %s: could not remove the kept marks of domains %s in %s: %s",
+                    marker.get("volume"), marker["kept"], objects.uri, exc)  # fmt: skip
+        return
+    md.set_marker(**{**marker, "kept": []})
+
+
+def discard_unresumed(md: "MetaDir", objects: ObjectStore) -> None:
+    """Before ``md`` is cleared for another volume: an unpublished working copy of another
+    volume kept there is discarded, so its kept marks go too (when they are in this bucket)."""
+    marker = md.marker()
+    if not marker or marker.get("state") != IN_USE or not marker.get("kept"):
+        return
+    if marker.get("bucket") == objects.uri:
+        unkeep(md, objects)
+    else:
+        log.warning("meta_dir %s: the discarded working copy of %r keeps domains %s of bucket "
+                    "%s (volume gc lists them)", md.path, marker.get("volume"), marker["kept"],
+                    marker.get("bucket"))  # fmt: skip
 
 
 def resumable(md: "MetaDir", volume: "Volume", objects: ObjectStore, store: str) -> bool:
@@ -153,7 +213,7 @@ def resumable(md: "MetaDir", volume: "Volume", objects: ObjectStore, store: str)
 def check_uuid(objects: ObjectStore, fmt: Format) -> bool:
     """Whether the bucket's ``juicefs_uuid`` is ``fmt``'s (a resumed copy belongs here)."""
     try:
-        return objects.get(f"{fmt.Name}/{UUID_KEY}").decode() == fmt.UUID
+        return objects.get(keys.uuid_key(fmt.Name)).decode() == fmt.UUID
     except ObjectNotFound:
         return False
 
@@ -189,7 +249,7 @@ def repair_lost_blocks(meta: Any, objects: ObjectStore, domain: int) -> list[int
     if not fmt.HashPrefix and end - start < 50_000_000:
         stored = set()
         for group in range(start // 1_000_000, (end - 1) // 1_000_000 + 1):
-            stored.update(i.key for i in objects.list(f"{fmt.Name}/chunks/{group}/"))
+            stored.update(i.key for i in objects.list(f"{keys.chunks_prefix(fmt.Name)}{group}/"))
 
     def complete(sid: int, size: int) -> bool:
         for indx, bsize in slice_blocks(size, block_size):

@@ -31,6 +31,15 @@ def _duration(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{max(seconds, 0):.0f} s"
+
+
 @click.command("gc")
 @click.argument("bucket")
 @click.option(
@@ -54,7 +63,8 @@ def gc_cmd(bucket: str, grace: str, delete: bool) -> int:
 
     Blocks referenced by any published version of any fork are kept, and so is every block of a
     session that may still be writing (slice domain claimed or marked live within the grace
-    period). Index snapshots without a version document are reported, never deleted.
+    period) or of a working copy kept in a meta_dir for a resume (whatever its age; listed).
+    Index snapshots without a version document are reported, never deleted.
     """
     from ..gc import collect
     from ..lifecycle import object_store
@@ -89,6 +99,12 @@ def gc_cmd(bucket: str, grace: str, delete: bool) -> int:
                 out.print(f"{f.name}: index without a version document (kept): {key}", markup=False)
             for why in f.unreadable:
                 out.print(f"{f.name}: unreadable version, nothing deleted: {why}", markup=False)
+            for k in f.kept:
+                out.print(
+                    f"{f.name}: kept working copy: domain {k['domain']} of volume {k['volume']}, "
+                    f"meta_dir {k['meta_dir']} on {k['host']}, {_age(k['age_seconds'])} old "
+                    f"(kept until it is finalized or discarded)", markup=False,
+                )  # fmt: skip
         verb = "deleted" if delete else "would delete (dry run; --delete to act)"
         n, b = (totals["deleted_blocks"], totals["deleted_bytes"]) if delete else (
             totals["garbage_blocks"], totals["garbage_bytes"])  # fmt: skip

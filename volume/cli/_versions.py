@@ -142,7 +142,6 @@ def mount_cmd(version: str, mount_path: str, read_only: bool, fork_name: str | N
     unmounts (--no-commit discards them). `volume commit PATH` commits while it stays mounted.
     """
     from ..errors import VolumeMountError
-    from ..gc import LiveMarker
     from ..mount.fuse import fuse_usable, prepare_mount_point
     from ._control import ControlServer
 
@@ -170,15 +169,12 @@ def mount_cmd(version: str, mount_path: str, read_only: bool, fork_name: str | N
             return version_row(handle.commit(req.get("message")))
 
     control = ControlServer(path, serve)
-    marker = None
     try:
         if read_only:
             handle = base.mount(mount_path=path, transport="fuse")
         else:
             rw = base.fork(fork_name) if fork_name else _continuation(base)
-            handle = rw.mount(mount_path=path, transport="fuse")
-            m = handle._mount
-            marker = LiveMarker(m.objects, m.engine.fmt.Name, int(m.meta_dir.marker()["domain"]))
+            handle = rw.mount(mount_path=path, transport="fuse")  # marks its session live
         previous = {
             s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)
         }
@@ -201,9 +197,6 @@ def mount_cmd(version: str, mount_path: str, read_only: bool, fork_name: str | N
                 warnings.simplefilter("ignore", RuntimeWarning)
                 handle.unmount()
         raise
-    finally:
-        if marker is not None:
-            marker.stop()
     _print_version(final, "committed")
     return 0
 

@@ -7,9 +7,8 @@ import time
 
 from ..errors import VolumeBucketNotEmpty
 from ..juicefs import Format
+from ..keys import uuid_key
 from ..stores import MetaStore, ObjectStore
-
-UUID_KEY = "juicefs_uuid"
 
 
 def new_format(
@@ -55,4 +54,4 @@ def format_volume(meta: MetaStore, objects: ObjectStore, fmt: Format) -> None:
                 f"objects: choose another volume name or bucket, or remove that prefix"
             )
     meta.format(fmt, time.time_ns())
-    objects.put(f"{prefix}{UUID_KEY}", fmt.UUID.encode())
+    objects.put(uuid_key(fmt.Name), fmt.UUID.encode())
