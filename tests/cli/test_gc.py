@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
 import time
 import uuid
@@ -144,7 +145,9 @@ PLANS = st.lists(
                        st.integers(0, 3), st.integers(1, 3000)), min_size=1, max_size=8),
     min_size=2, max_size=3,
 )  # fmt: skip
-FINISH = st.lists(st.booleans(), min_size=3, max_size=3)
+# how each session ends: finalized, abandoned (unmount), or left behind in its meta_dir (as by an
+# exit without finalizing) and resumed after gc ran
+FINISH = st.lists(st.sampled_from(["finalize", "abandon", "keep"]), min_size=3, max_size=3)
 
 
 @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
@@ -165,6 +168,7 @@ def test_gc_never_deletes_a_referenced_block_long_run(plans, finish):
 def _concurrent_gc(plans, finish) -> None:
     name = f"gcprop-{uuid.uuid4().hex[:8]}"
     store = MemoryObjectStore.from_uri(f"memory://{name}")
+    tmp = tempfile.TemporaryDirectory(prefix="gcprop-")
     try:
         base = Volume.new("propvol", bucket=f"memory://{name}").mount(transport="none")
         base._mount.pathfs.write_bytes("/base.txt", b"base")
@@ -174,9 +178,13 @@ def _concurrent_gc(plans, finish) -> None:
         stop = threading.Event()
         grace = 0.3
 
+        left: list[tuple[object, Path, dict[str, bytes]]] = []  # kept copies to resume
+
         def session(i: int, plan) -> None:
-            rw = root.fork(f"prop-{i}").mount(transport="none")
+            meta_dir = Path(tmp.name) / f"wc-{i}" if finish[i] == "keep" else None
+            rw = root.fork(f"prop-{i}").mount(transport="none", meta_dir=meta_dir)
             m = rw._mount
+            model = {"/base.txt": b"base"}
             marker = LiveMarker(m.objects, m.engine.fmt.Name, int(m.meta_dir.marker()["domain"]),
                                 interval=0.05)  # fmt: skip
             fs = m.pathfs
@@ -184,17 +192,25 @@ def _concurrent_gc(plans, finish) -> None:
                 path = f"/f{f}"
                 if op in ("write", "overwrite"):
                     fs.write_bytes(path, bytes([i + 1]) * size)
+                    model[path] = bytes([i + 1]) * size
                 elif op == "delete" and fs.exists(path):
                     fs.unlink(path)
-                else:
+                    model.pop(path)
+                elif op != "delete":
                     v = rw.commit(op)
                     with lock:
                         published.append(v)
                 time.sleep(0.02)
-            if finish[i]:
+            if finish[i] == "finalize":
                 v = rw.finalize("end")
                 with lock:
                     published.append(v)
+            elif finish[i] == "keep":
+                m.engine.drain()
+                rw._mount = None
+                m.close(drain=True)  # the process goes: the copy stays in meta_dir
+                with lock:
+                    left.append((rw, meta_dir, model))
             else:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)
@@ -219,12 +235,20 @@ def _concurrent_gc(plans, finish) -> None:
         gc_thread.join()
         time.sleep(grace)
         deleted.append(collect(store, grace=grace, delete=True).totals()["deleted_blocks"])
+        for rw, meta_dir, model in left:  # gc ran long after they were left: all still there
+            rw = rw.mount(transport="none", meta_dir=meta_dir)
+            fs = rw._mount.pathfs
+            assert {f"/{n}": fs.read_bytes(f"/{n}") for n in fs.listdir("/")} == model
+            published.append(rw.finalize("resumed"))
+        time.sleep(grace)
+        deleted.append(collect(store, grace=grace, delete=True).totals()["deleted_blocks"])
         assert collect(store, grace=grace).totals()["garbage_blocks"] == 0
         for version in published:
             report = fsck(version)
             assert report.ok, (version.message, report.missing)
     finally:
         MemoryObjectStore.reset(name)
+        tmp.cleanup()
 
 
 # --------------------------------------------------------------------------- the command
