@@ -1,7 +1,9 @@
-"""Durability at the engine level: a process writes files with fsync each and lists each name in a
-manifest once its fsync returned; it is killed with SIGKILL at a random point; a new engine over
-the same meta_dir finds every listed file with its exact content, and no block key is ever put
-twice (the id batches of the killed process are never handed out again).
+"""Durability at the engine level, on each metadata store (SQLite, Redis): a process writes files
+with fsync each and lists each name in a manifest once its fsync returned; it is killed with
+SIGKILL at a random point (on Redis, in one round its redis-server survives it and in the next it
+is SIGKILLed too); a new engine over the same meta_dir finds every listed file with its exact
+content, and no block key is ever put twice (the id batches of the killed process are never handed
+out again).
 
 Modelled on the crash test the JuiceFS project runs in CI. The default run kills after a few
 hundred files; ``-m slow`` after 10,000.
@@ -23,10 +25,13 @@ import pytest
 
 from volume.engine import Engine, PathFS, format_volume, new_format
 from volume.engine.check import check_metadata
+from volume.stores import MetaStore
 from volume_local import LocalObjectStore
 from volume_sqlite import SQLiteMetaStore
 
 FILE_BYTES = 4096
+#: the metadata stores the crash test runs on; a Redis store's server is a process of its own
+STORES = ["sqlite", pytest.param("redis", marks=pytest.mark.server)]
 
 
 class LoggedStore(LocalObjectStore):
@@ -46,8 +51,16 @@ def content(i: int) -> bytes:
     return (f"file {i:08d} ".encode() * (FILE_BYTES // 14 + 1))[:FILE_BYTES]
 
 
-def open_engine(root: Path) -> tuple[SQLiteMetaStore, Engine]:
-    meta = SQLiteMetaStore.open(root / "meta")
+def open_meta(root: Path, store: str) -> MetaStore:
+    if store == "redis":
+        from volume_redis import RedisMetaStore
+
+        return RedisMetaStore.open(root / "meta")
+    return SQLiteMetaStore.open(root / "meta")
+
+
+def open_engine(root: Path, store: str = "sqlite") -> tuple[MetaStore, Engine]:
+    meta = open_meta(root, store)
     objects = LoggedStore(root / "bucket", root / "puts.log")
     if not meta.is_formatted():
         fmt = new_format("crash", storage="file", bucket=f"{root}/bucket/", block_size_kib=64)
@@ -55,9 +68,9 @@ def open_engine(root: Path) -> tuple[SQLiteMetaStore, Engine]:
     return meta, Engine(meta, objects)
 
 
-def _child(root: Path, start: int) -> None:
+def _child(root: Path, start: int, store: str) -> None:
     """Write files ``d<k>/f<i>`` from ``start`` on, forever: fsync, then list the name."""
-    _, engine = open_engine(root)
+    _, engine = open_engine(root, store)
     fs = PathFS(engine)
     with open(root / "manifest", "a", buffering=1) as manifest:
         for i in range(start, 10**9):
@@ -71,10 +84,11 @@ def _child(root: Path, start: int) -> None:
             manifest.write(f"{d}/f{i}\n")  # only after fsync returned
 
 
-def crash_once(root: Path, start: int, at_least: int) -> None:
+def crash_once(root: Path, start: int, at_least: int, store: str, kill_server: bool) -> None:
     """Run a writer from file ``start`` and SIGKILL it once ``at_least`` more names are listed
-    (plus a random few milliseconds)."""
-    child = subprocess.Popen([sys.executable, __file__, str(root), str(start)])
+    (plus a random few milliseconds); on Redis, with ``kill_server`` its redis-server is
+    SIGKILLed too."""
+    child = subprocess.Popen([sys.executable, __file__, str(root), str(start), store])
     manifest = root / "manifest"
     try:
         deadline = time.monotonic() + 600
@@ -88,11 +102,22 @@ def crash_once(root: Path, start: int, at_least: int) -> None:
     finally:
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
+    if store == "redis":
+        from volume_redis._server import PID_FILE, _is_running
+
+        server = int((root / "meta" / PID_FILE).read_text())
+        assert _is_running(server), "the redis-server should outlive the SIGKILL of its mounter"
+        if kill_server:
+            os.kill(server, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while _is_running(server) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert not _is_running(server)
 
 
-def verify(root: Path) -> int:
+def verify(root: Path, store: str) -> int:
     names = (root / "manifest").read_text().splitlines()
-    meta, engine = open_engine(root)
+    meta, engine = open_engine(root, store)
     fs = PathFS(engine)
     for name in names:
         i = int(name.rpartition("/f")[2])
@@ -111,26 +136,31 @@ def verify(root: Path) -> int:
     return len(names)
 
 
-def run(tmp_path: Path, rounds: int, per_round: int) -> None:
-    root = tmp_path
-    for r in range(rounds):
+def run(root: Path, store: str, per_round: int, kill_server: list[bool]) -> None:
+    """One round per entry of ``kill_server``: whether that round's kill takes the Redis server
+    down with the writer (SQLite has none)."""
+    for r, kill in enumerate(kill_server):
         listed = len((root / "manifest").read_text().splitlines()) if r else 0
         start = listed + 1000 * r  # a new range: the killed writer may have made more files
-        crash_once(root, start, listed + per_round)
-        assert verify(root) >= listed + per_round
+        crash_once(root, start, listed + per_round, store, kill)
+        assert verify(root, store) >= listed + per_round
 
 
-def test_fsynced_files_survive_sigkill(tmp_path: Path) -> None:
-    run(tmp_path, rounds=2, per_round=150)
+@pytest.mark.parametrize("store", STORES)
+def test_fsynced_files_survive_sigkill(tmp_path: Path, store: str) -> None:
+    # on Redis: first its server outlives the writer, then it dies with it
+    run(tmp_path, store, per_round=150, kill_server=[False, True])
 
 
 @pytest.mark.slow
-def test_fsynced_files_survive_sigkill_long(tmp_path: Path) -> None:
-    run(tmp_path, rounds=3, per_round=int(os.environ.get("VOLUME_CRASH_FILES", "10000")) // 3)
+@pytest.mark.parametrize("store", STORES)
+def test_fsynced_files_survive_sigkill_long(tmp_path: Path, store: str) -> None:
+    n = int(os.environ.get("VOLUME_CRASH_FILES", "10000"))
+    run(tmp_path, store, per_round=n // 3, kill_server=[True] * 3)
 
 
 if __name__ == "__main__":
-    _child(Path(sys.argv[1]), int(sys.argv[2]))
+    _child(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
 
 
 def test_a_full_metadata_disk_answers_enospc_and_publishes_nothing_half_done(tmp_path: Path):
