@@ -921,16 +921,24 @@ class _Loader:
 # =========================================================================== migrate
 
 
-def migrate(src: MetaStore, dst: MetaStore, *, tmp_dir: str | os.PathLike[str]) -> None:
+def migrate(
+    src: MetaStore,
+    dst: MetaStore,
+    *,
+    tmp_dir: str | os.PathLike[str],
+    progress: Callable[[str, int], None] | None = None,
+) -> None:
     """Copy the namespace of ``src`` into the empty store ``dst`` (of any type) through a
     temporary dump file in ``tmp_dir``, secrets included. Data blocks are not touched: ``dst``
-    names the same slices as ``src``. The temporary file is removed afterwards."""
+    names the same slices as ``src``. The temporary file is removed afterwards. ``progress`` is
+    called now and then with ``("dump", entries)`` and ``("load", inodes)`` done so far."""
     fd, name = tempfile.mkstemp(prefix=".volume-dump-", suffix=".json", dir=tmp_dir)
     path = Path(name)
     try:
         with os.fdopen(fd, "wb") as out:
-            dump(src, out, keep_secret_key=True)
+            dump(src, out, keep_secret_key=True,
+                 progress=progress and (lambda n: progress("dump", n)))  # fmt: skip
         with open(path, "rb") as source:
-            load(dst, source)
+            load(dst, source, progress=progress and (lambda n: progress("load", n)))
     finally:
         path.unlink(missing_ok=True)

@@ -17,6 +17,7 @@ Nothing is published before every block it references exists.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import fcntl
 import hashlib
 import json
@@ -26,12 +27,13 @@ import re
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, TypeVar
 
 from . import keys, plugins, workcopy
 from .allocator import advance_counters, claim_domain, enter_domain
@@ -71,6 +73,36 @@ MARKER_FILE = ".volume-index.json"
 TRANSPORTS = ("auto", "fuse", "none")
 
 V = TypeVar("V", bound="Volume")
+
+#: ``progress(done, total, unit)``: how far a long call (commit, finalize, migrate) has come.
+#: ``done`` never decreases, ``total`` never decreases (it grows only when work appears that was
+#: not known up front: writes arriving during a commit, the index once its size is known), and
+#: the last call has ``done == total``. Called from the working thread or a sampler thread,
+#: never two at a time. See :func:`reporting_progress`.
+Progress = Callable[[int, int, str], None]
+PROGRESS_INTERVAL = 0.1  # seconds between two samples of a commit's pending uploads
+_progress: contextvars.ContextVar[Optional[Progress]] = contextvars.ContextVar(
+    "volume_progress", default=None
+)
+
+
+@contextlib.contextmanager
+def reporting_progress(progress: Optional[Progress]) -> Iterator[None]:
+    """Report the progress of every commit, finalize and migrate this thread makes inside the
+    ``with`` block to ``progress`` (a :data:`Progress`), leaving the handles' signatures alone::
+
+        with reporting_progress(lambda done, total, unit: print(done, total, unit)):
+            rw.finalize("nightly")
+
+    Commit and finalize count bytes: the buffered writes and pending block uploads (known up
+    front), then the index upload. Migrate counts inodes: the version's inode count is the
+    total, and an inode is half done once dumped, done once loaded.
+    """
+    token = _progress.set(progress)
+    try:
+        yield
+    finally:
+        _progress.reset(token)
 
 
 # =========================================================================== declaring
@@ -723,6 +755,70 @@ def unmount(volume: "Volume") -> None:
     m.close(drain=False)
 
 
+# =========================================================================== progress
+
+
+class _Meter:
+    """Monotone ``(done, total, unit)`` reports to a :data:`Progress` callback (or nowhere)."""
+
+    def __init__(self, callback: Optional[Progress], unit: str, total: int = 0):
+        self.callback, self.unit = callback or _progress.get(), unit
+        self.done, self.total = 0, max(total, 0)
+        self._lock = threading.Lock()
+        self._report()
+
+    def _report(self) -> None:
+        if self.callback is not None:
+            self.callback(self.done, self.total, self.unit)
+
+    def update(self, *, done: Optional[int] = None, remaining: Optional[int] = None,
+               add_total: int = 0) -> None:  # fmt: skip
+        """Raise the total by ``add_total``; then move ``done`` up to ``done``, or to what leaves
+        ``remaining`` (the total grows when more than that remains)."""
+        with self._lock:
+            before = (self.done, self.total)
+            self.total += max(add_total, 0)
+            if remaining is not None:
+                self.total = max(self.total, self.done + max(remaining, 0))
+                done = self.total - max(remaining, 0)
+            if done is not None:
+                self.done = min(max(self.done, done), self.total)
+            if (self.done, self.total) != before:
+                self._report()
+
+    def finish(self) -> None:
+        self.update(done=self.total)
+
+    @contextlib.contextmanager
+    def sampling(self, remaining: Callable[[], int]) -> Iterator[None]:
+        """Sample ``remaining()`` every :data:`PROGRESS_INTERVAL` while the block runs (and once
+        more after it succeeded)."""
+        if self.callback is None:
+            yield
+            return
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(PROGRESS_INTERVAL):
+                with contextlib.suppress(Exception):  # only a display: never fails the work
+                    self.update(remaining=remaining())
+
+        sampler = threading.Thread(target=sample, name="volume-progress", daemon=True)
+        sampler.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            sampler.join()
+        self.update(remaining=remaining())
+
+
+def _unstored_bytes(engine: Engine) -> int:
+    """Bytes a drain of ``engine`` still has to store (buffered writes and pending uploads)."""
+    blocks = engine.blocks
+    return int(blocks.buffered_bytes) + int(blocks.pending_bytes)
+
+
 # =========================================================================== publishing
 
 
@@ -741,11 +837,13 @@ def publish(
     before_snapshot: Any = None,
     after_snapshot: Any = None,
     snapshot: Any = None,
+    meter: Optional[_Meter] = None,
 ) -> "ROVolume":
     """Snapshot ``meta`` and publish it as a new version of ``volume`` (index, then document).
 
     ``before_snapshot`` / ``after_snapshot`` are called around the snapshot (the commit drains
-    there); a failure in either publishes nothing.
+    there); a failure in either publishes nothing. With ``meter`` in bytes, the index upload is
+    counted.
     """
     from .model import File, ROVolume
 
@@ -760,12 +858,17 @@ def publish(
         size = (snapshot or meta.snapshot)(snap)
         if after_snapshot is not None:
             after_snapshot()
-        size = pin_snapshot(store_cls, snap)  # foreign writers cannot hurt it (pins.py)
+        size = pin_snapshot(meta, snap)  # foreign writers cannot hurt it (pins.py)
         with meta.transaction() as tx:
             used = tx.get_counter(COUNTER_USED_SPACE)
             inodes = tx.get_counter(COUNTER_TOTAL_INODES)
         index_key = prefix + store_cls.index_filename
+        counted = meter is not None and meter.unit == "bytes"
+        if counted:
+            meter.update(add_total=size)  # type: ignore[union-attr]
         objects.put_file(index_key, snap, if_absent=True)
+        if counted:
+            meter.update(done=meter.done + size)  # type: ignore[union-attr]
         index = File(
             path=_uri(objects, index_key),
             name=store_cls.index_filename,
@@ -807,14 +910,23 @@ def _mount_of(volume: "Volume", verb: str) -> Mount:
     return m
 
 
-def commit(volume: "RWVolume", message: Optional[str], timeout: Optional[float] = None) -> "ROVolume":
-    """Publish the mounted working copy as a new version; it stays mounted and writable."""
+def commit(
+    volume: "RWVolume",
+    message: Optional[str],
+    timeout: Optional[float] = None,
+    progress: Optional[Progress] = None,
+) -> "ROVolume":
+    """Publish the mounted working copy as a new version; it stays mounted and writable.
+
+    ``progress`` (:data:`Progress`) counts bytes: the buffered writes and pending block uploads
+    (known up front), then the index upload."""
     m = _mount_of(volume, "commit")
     engine = m.engine
 
     def drain() -> None:
         try:
-            engine.drain(timeout)  # publishes every open file's buffered writes, stores blocks
+            with meter.sampling(lambda: _unstored_bytes(engine)):
+                engine.drain(timeout)  # publishes every buffered write, stores every block
         except VolumeCommitError:
             raise
         except (VolumeSystemError, TimeoutError) as exc:
@@ -829,11 +941,12 @@ def commit(volume: "RWVolume", message: Optional[str], timeout: Optional[float] 
             f"fork the version (volume.fork(new_name)) to get a writable copy"
         )
     parent = volume.produced_by  # the previous version of this handle (lineage, spec/volume.md)
+    meter = _Meter(progress, "bytes", _unstored_bytes(engine))
     engine.modified = False  # changes from now on are the next commit's
     try:
         version = publish(
             volume, m.objects, m.meta, message=message, parent=parent,
-            before_snapshot=drain, after_snapshot=drain, snapshot=engine.snapshot,
+            before_snapshot=drain, after_snapshot=drain, snapshot=engine.snapshot, meter=meter,
         )  # fmt: skip
     except BaseException:
         engine.modified = True
@@ -844,21 +957,24 @@ def commit(volume: "RWVolume", message: Optional[str], timeout: Optional[float] 
     volume.index = version.index
     volume.used_bytes, volume.inode_count = version.used_bytes, version.inode_count
     volume.index_bytes = version.index_bytes
+    meter.finish()
     return version
 
 
-def finalize(volume: "RWVolume", message: Optional[str], timeout: float) -> "ROVolume":
+def finalize(
+    volume: "RWVolume", message: Optional[str], timeout: float, progress: Optional[Progress] = None
+) -> "ROVolume":
     """Freeze the mount (later modifications fail with ``EROFS``), commit, then unmount.
 
     A busy kernel mount stays mounted read-only until its users leave or the rest of
     ``timeout`` passes. When the commit fails (:class:`VolumeCommitError`, for example on
-    ``timeout``) the mount is thawed and left intact.
+    ``timeout``) the mount is thawed and left intact. ``progress``: as for :func:`commit`.
     """
     m = _mount_of(volume, "finalize")
     deadline = time.monotonic() + timeout
     m.engine.freeze()
     try:
-        version = commit(volume, message, timeout)
+        version = commit(volume, message, timeout, progress)
     except BaseException:
         m.engine.thaw()
         raise
@@ -949,8 +1065,12 @@ def migrate(
     new_type: str,
     meta_dir: Optional[os.PathLike | str],
     new_meta_dir: Optional[os.PathLike | str],
+    progress: Optional[Progress] = None,
 ) -> "ROVolume":
-    """Re-host the version's metadata on ``new_type`` (dump, load, advance counters, publish)."""
+    """Re-host the version's metadata on ``new_type`` (dump, load, advance counters, publish).
+
+    ``progress`` (:data:`Progress`) counts inodes: the version's inode count is the total, and an
+    inode is done half when dumped and fully when loaded."""
     current = volume.metadata_store_type or DEFAULT_METADATA_STORE
     if new_type == current:
         raise VolumeMigrateNoop(
@@ -973,16 +1093,27 @@ def migrate(
         with _meta_class(volume).open(src_dir.path, read_only=True) as src, target_cls.open(
             dst_dir.path
         ) as dst:
-            index.migrate(src, dst, tmp_dir=dst_dir.path)
+            with src.transaction() as tx:
+                inodes = max(tx.get_counter(COUNTER_TOTAL_INODES), 1)
+            meter = _Meter(progress, "inodes", inodes)
+            counts = {"dump": 0, "load": 0}
+
+            def step(phase: str, n: int) -> None:
+                counts[phase] = min(n, inodes)
+                meter.update(done=(counts["dump"] + counts["load"]) // 2)
+
+            index.migrate(src, dst, tmp_dir=dst_dir.path, progress=step)
             with dst.transaction(write=True) as tx:
                 advance_counters(tx)
-            return publish(
+            version = publish(
                 volume.model_copy(update={"metadata_store_type": new_type}),
                 objects,
                 dst,
                 message=volume.message,
                 parent=volume.produced_by,
             )
+            meter.finish()
+            return version
     finally:
         if dst_dir.owned:
             dst_dir.clear(target_cls)

@@ -835,3 +835,72 @@ def test_the_mounts_timeout_bounds_the_engines_waits(bucket: str) -> None:
         assert rw._mount.engine.io_timeout == 7
     finally:
         rw.unmount()
+
+
+# =========================================================================== progress
+
+
+def check_progress(calls: list[tuple[int, int, str]], unit: str) -> None:
+    """Monotone in done and total, done never past total, and the last call done == total."""
+    assert calls and {u for _d, _t, u in calls} == {unit}
+    for (d0, t0, _), (d1, t1, _) in zip(calls, calls[1:]):
+        assert d1 >= d0 and t1 >= t0
+    assert all(0 <= d <= t for d, t, _u in calls)
+    assert calls[-1][0] == calls[-1][1] > 0
+
+
+def test_commit_and_finalize_report_bytes_up_front_and_end_at_the_total(
+    mem_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from volume.lifecycle import reporting_progress
+
+    put = MemoryObjectStore.put
+
+    def slow_put(self, key, data, **kwargs):  # block uploads take a while: the bar has work
+        if "/chunks/" in key:
+            time.sleep(0.05)
+        return put(self, key, data, **kwargs)
+
+    rw = Volume.new("progress", bucket=mem_bucket).mount(transport="none")
+    monkeypatch.setattr(MemoryObjectStore, "put", slow_put)
+    for i in range(24):
+        write(rw, f"f{i}", bytes([i]) * 65_536)
+    calls: list[tuple[int, int, str]] = []
+    with reporting_progress(lambda *a: calls.append(a)):
+        v1 = rw.commit("v1")
+    check_progress(calls, "bytes")
+    # the blocks still to upload were known up front (first call), then the index was added
+    assert 0 < calls[0][1] <= 24 * 65_536 and calls[0][0] < calls[0][1]
+    assert calls[-1][1] == calls[0][1] + v1.index_bytes
+    assert len({d for d, _t, _u in calls}) >= 3  # it moved in between
+
+    calls.clear()
+    write(rw, "late", b"l" * 100_000)
+    with reporting_progress(lambda *a: calls.append(a)):
+        v2 = rw.finalize("v2")
+    check_progress(calls, "bytes")
+    assert calls[-1][1] >= v2.index_bytes + 100_000
+    reported = len(calls)
+    rw = v2.fork("after").mount(transport="none")
+    write(rw, "x", b"x")
+    rw.finalize("outside the block")
+    assert len(calls) == reported  # nothing is reported outside it
+
+
+def test_migrate_reports_inodes(bucket: str, twin_store_type: str) -> None:
+    from volume.lifecycle import reporting_progress
+
+    rw = Volume.new("migrating", bucket=bucket).mount(transport="none")
+    fs = rw._mount.pathfs
+    fs.mkdir("/d")
+    for i in range(5000):  # past the dump's and the load's reporting interval
+        fs.write_bytes(f"/d/f{i}", b"x")
+    base = rw.finalize("base")
+    calls: list[tuple[int, int, str]] = []
+    with reporting_progress(lambda *a: calls.append(a)):
+        moved = base.migrate_metadata_store_type(twin_store_type)
+    check_progress(calls, "inodes")
+    assert calls[0][1] == calls[-1][1] >= 5001 and len(calls) >= 3
+    assert moved.inode_count == base.inode_count

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -110,7 +111,8 @@ class _Rate(ProgressColumn):
 
 
 class Bar:
-    """A progress task: ``advance(n)``, ``total`` settable later."""
+    """A progress task: ``advance(n)``, ``total`` settable later, or ``report(done, total,
+    unit)`` as the library's progress callbacks call it (``volume.lifecycle.Progress``)."""
 
     def __init__(self, progress: Progress | None, task: Any):
         self._progress, self._task = progress, task
@@ -123,10 +125,18 @@ class Bar:
         if self._progress is not None:
             self._progress.update(self._task, total=total)
 
+    def report(self, done: int, total: int, _unit: str = "") -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=done, total=total)
+
+
+SHOW_AFTER = 1.0  # seconds: quicker work shows no bar at all
+
 
 @contextlib.contextmanager
 def progress(description: str, total: int | None = None, *, unit: str = "items") -> Iterator[Bar]:
-    """A rich progress bar on stderr with rate and ETA (nothing with --json or off a terminal)."""
+    """A rich progress bar on stderr with rate and ETA, shown once the work has taken
+    :data:`SHOW_AFTER` seconds (nothing with --json or off a terminal)."""
     if options().json or not sys.stderr.isatty():
         yield Bar(None, None)
         return
@@ -139,8 +149,26 @@ def progress(description: str, total: int | None = None, *, unit: str = "items")
         *columns, TimeElapsedColumn(), TimeRemainingColumn(),
         console=console(stderr=True), transient=True,
     )  # fmt: skip
-    with bar:
-        yield Bar(bar, bar.add_task(description, total=total))
+    task = bar.add_task(description, total=total)
+    lock, shown, over = threading.Lock(), [False], [False]
+
+    def show() -> None:
+        with lock:
+            if not over[0]:
+                bar.start()
+                shown[0] = True
+
+    timer = threading.Timer(SHOW_AFTER, show)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield Bar(bar, task)
+    finally:
+        timer.cancel()
+        with lock:
+            over[0] = True
+            if shown[0]:
+                bar.stop()
 
 
 def human_bytes(n: int | None) -> str:

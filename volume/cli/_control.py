@@ -1,11 +1,13 @@
 """How ``volume commit PATH`` reaches the ``volume mount`` process serving PATH.
 
 The mount process listens on a Unix socket named after the mount path (in ``$XDG_RUNTIME_DIR``
-or the temporary directory, private to the user); a request is one JSON line, so is the answer.
+or the temporary directory, private to the user); a request is one JSON line, so is the answer,
+which ``{"progress": [done, total, unit]}`` lines may precede.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -18,7 +20,9 @@ from typing import Any, Callable
 
 from ..errors import VolumeNotMounted, VolumeUsageError
 
-Handler = Callable[[dict[str, Any]], dict[str, Any]]
+#: ``handler(request, send)``: the answer to ``request``; ``send(message)`` streams a message
+#: before it (progress, as ``{"progress": [done, total, unit]}``)
+Handler = Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], dict[str, Any]]
 
 
 def mount_key(path: str | os.PathLike[str]) -> Path:
@@ -38,12 +42,19 @@ def socket_path(path: str | os.PathLike[str]) -> Path:
 class _Requests(socketserver.StreamRequestHandler):
     def handle(self) -> None:
         server: ControlServer = self.server  # type: ignore[assignment]
+        lock = threading.Lock()
+
+        def send(message: dict[str, Any]) -> None:
+            with lock, contextlib.suppress(OSError):  # a client gone away stops nothing
+                self.wfile.write(json.dumps(message).encode() + b"\n")
+                self.wfile.flush()
+
         try:
             request = json.loads(self.rfile.readline() or b"{}")
-            answer = server.handler(request)
+            answer = server.handler(request, send)
         except Exception as exc:  # noqa: BLE001  (the client prints it as its error)
             answer = {"error": " ".join(str(exc).split()), "type": type(exc).__name__}
-        self.wfile.write(json.dumps(answer).encode() + b"\n")
+        send(answer)
 
 
 class ControlServer(socketserver.ThreadingUnixStreamServer):
@@ -80,9 +91,13 @@ class ControlServer(socketserver.ThreadingUnixStreamServer):
 
 
 def request(
-    mount_path: str | os.PathLike[str], payload: dict[str, Any], timeout: float
+    mount_path: str | os.PathLike[str],
+    payload: dict[str, Any],
+    timeout: float,
+    on_progress: Callable[[int, int, str], None] | None = None,
 ) -> dict[str, Any]:
-    """Send one request to the mount process serving ``mount_path``; its answer."""
+    """Send one request to the mount process serving ``mount_path``; its answer (progress
+    messages before it go to ``on_progress``)."""
     where = socket_path(mount_path)
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     conn.settimeout(timeout)
@@ -95,12 +110,13 @@ def request(
                 f"version there first (volume mount VERSION PATH)"
             ) from None
         conn.sendall(json.dumps(payload).encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = conn.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        with conn.makefile("rb") as lines:
+            for line in lines:
+                message = json.loads(line)
+                if set(message) != {"progress"}:
+                    return message
+                if on_progress is not None:
+                    on_progress(*message["progress"])
     finally:
         conn.close()
-    return json.loads(data or b"{}")
+    return {}

@@ -71,40 +71,13 @@ def _bucket(bucket: str | None) -> str | None:
 # --------------------------------------------------------------------------- mount
 
 
-def _pending_bytes(blocks: Any) -> int:
-    value = getattr(blocks, "pending_bytes", 0)
-    return int(value() if callable(value) else value)
-
-
 @contextlib.contextmanager
-def _upload_progress(handle: Any) -> Iterator[None]:
-    """A bar of the block bytes a commit still has to upload (sampled from the engine).
+def _reported(description: str, unit: str) -> Iterator[None]:
+    """A bar fed by the library's progress reports (``volume.lifecycle.reporting_progress``)."""
+    from ..lifecycle import reporting_progress
 
-    Only a display: whatever goes wrong in it never stops the commit.
-    """
-    try:
-        blocks = handle._mount.engine.blocks
-        total = _pending_bytes(blocks)
-    except Exception:  # noqa: BLE001
-        blocks, total = None, 0
-    with progress("committing", total or None, unit="bytes") as bar:
-        finished = threading.Event()
-
-        def sample() -> None:
-            sent = 0
-            with contextlib.suppress(Exception):
-                while blocks is not None and not finished.wait(0.2):
-                    now = max(total - _pending_bytes(blocks), 0)
-                    bar.advance(now - sent)
-                    sent = now
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        try:
-            yield
-        finally:
-            finished.set()
-            sampler.join()
+    with progress(description, None, unit=unit) as bar, reporting_progress(bar.report):
+        yield
 
 
 def _continuation(version: Any) -> Any:
@@ -156,7 +129,9 @@ def mount_cmd(version: str, mount_path: str, read_only: bool, fork_name: str | N
     lock = threading.Lock()
     handle: Any = None
 
-    def serve(req: dict[str, Any]) -> dict[str, Any]:
+    def serve(req: dict[str, Any], send: Any) -> dict[str, Any]:
+        from ..lifecycle import reporting_progress
+
         if req.get("verb") == "ping" or handle is None:
             return {"name": getattr(handle, "name", None), "writable": not read_only}
         if req.get("verb") != "commit":
@@ -166,7 +141,8 @@ def mount_cmd(version: str, mount_path: str, read_only: bool, fork_name: str | N
         with lock:
             if stop.is_set():
                 raise VolumeCommitError(f"{path} is being unmounted")
-            return version_row(handle.commit(req.get("message")))
+            with reporting_progress(lambda *done_total_unit: send({"progress": done_total_unit})):
+                return version_row(handle.commit(req.get("message")))
 
     control = ControlServer(path, serve)
     try:
@@ -228,7 +204,7 @@ def _serve_until_done(
                     handle.unmount()
                 return None
             try:
-                with _upload_progress(handle):
+                with _reported("committing", "bytes"):
                     return handle.finalize(message)
             except VolumeError as exc:
                 if outside or not handle.mounted:
@@ -250,8 +226,8 @@ def commit_cmd(mount_path: str, message: str | None, timeout: float) -> int:
     """Commit the volume that `volume mount` serves at PATH; it stays mounted and writable."""
     from ._control import request
 
-    with progress("committing", None, unit="steps"):
-        answer = request(mount_path, {"verb": "commit", "message": message}, timeout)
+    with progress("committing", None, unit="bytes") as bar:
+        answer = request(mount_path, {"verb": "commit", "message": message}, timeout, bar.report)
     if "error" in answer:
         raise VolumeCommitError(answer["error"])
     emit(answer, lambda out: out.print(f"committed {answer['name']}: {answer['locator']}",
@@ -284,7 +260,7 @@ def fork_cmd(version: str, name: str, message: str | None) -> int:
 def migrate_cmd(version: str, store_type: str) -> int:
     """Re-host a version's metadata on another store type (no block is touched)."""
     base = load(version)
-    with progress(f"migrating to {store_type}", None, unit="steps"):
+    with _reported(f"migrating to {store_type}", "inodes"):
         moved = base.migrate_metadata_store_type(store_type)
     _print_version(moved, "migrated")
     return 0
