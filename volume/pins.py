@@ -25,7 +25,7 @@ from .allocator import DOMAIN_BITS, FOREIGN_DOMAIN
 from .juicefs import COUNTER_NEXT_CHUNK
 from .stores import MetaStore, MetaTxn
 
-__all__ = ["FOREIGN_CHUNK", "SLICE_PIN", "pin_records", "pin_snapshot"]
+__all__ = ["FOREIGN_CHUNK", "SLICE_PIN", "pin_records", "pin_snapshot", "pin_store"]
 
 #: added to every slice-reference count of a published index
 SLICE_PIN = 1 << 30
@@ -41,20 +41,48 @@ def pin_records(tx: MetaTxn) -> int:
         if refs < SLICE_PIN:
             tx.add_slice_ref(slice_id, size, SLICE_PIN)
             pinned += 1
-    if tx.get_counter(COUNTER_NEXT_CHUNK) < FOREIGN_CHUNK:
-        tx.set_counter(COUNTER_NEXT_CHUNK, FOREIGN_CHUNK)
+    _foreign_lane(tx)
     return pinned
 
 
-def pin_snapshot(store_cls: type[MetaStore], snapshot: Path) -> int:
-    """Rewrite the staged snapshot file ``snapshot`` of ``store_cls`` with pins (restored into
-    a scratch directory, pinned in one transaction, snapshotted back); returns its new size."""
+def _foreign_lane(tx: MetaTxn) -> None:
+    if tx.get_counter(COUNTER_NEXT_CHUNK) < FOREIGN_CHUNK:
+        tx.set_counter(COUNTER_NEXT_CHUNK, FOREIGN_CHUNK)
+
+
+def pin_store(meta: MetaStore) -> int:
+    """Pin a whole store (a scratch copy: see :func:`pin_snapshot`); returns how many counts
+    were pinned. A store with a ``pin_slice_refs(pin)`` method pins its counts in one pass of
+    its own (the redis store: a script inside its server, so no record crosses the socket);
+    the others through :func:`pin_records`."""
+    bulk = getattr(meta, "pin_slice_refs", None)
+    if bulk is None:
+        with meta.transaction(write=True) as tx:
+            return pin_records(tx)
+    pinned = int(bulk(SLICE_PIN))
+    with meta.transaction(write=True) as tx:
+        _foreign_lane(tx)
+    return pinned
+
+
+def pin_snapshot(store: MetaStore | type[MetaStore], snapshot: Path) -> int:
+    """Rewrite the staged snapshot file ``snapshot`` with pins; returns its new size. ``store``
+    is the store that wrote it (or its class); the store itself is never changed.
+
+    A store with an ``edit_snapshot(path)`` context manager (a writable store over the file,
+    written back on a clean exit) edits it that way; otherwise the file is restored into a
+    scratch directory, pinned there and snapshotted back."""
+    edit = None if isinstance(store, type) else getattr(store, "edit_snapshot", None)
+    if edit is not None:
+        with edit(snapshot) as meta:
+            pin_store(meta)
+        return snapshot.stat().st_size
+    store_cls = store if isinstance(store, type) else type(store)
     with tempfile.TemporaryDirectory(prefix="volume-pin-", dir=snapshot.parent) as scratch:
         store_cls.restore(snapshot, scratch)
         meta = store_cls.open(scratch)
         try:
-            with meta.transaction(write=True) as tx:
-                pin_records(tx)
+            pin_store(meta)
             return meta.snapshot(snapshot)
         finally:
             meta.close()

@@ -140,3 +140,134 @@ def test_an_absent_slice_ref_field_reads_as_one_reference_as_in_juicefs(tmp_path
         assert tx.add_slice_ref(slice_id, size, 1) == 2
         assert tx.add_slice_ref(slice_id, size, -2) == 0
     meta.close()
+
+
+def _client_written(tmp_path: Path) -> tuple[int, int]:
+    """A volume whose file ``/once`` names a slice without a sliceRef field, as the JuiceFS
+    client leaves it (a slice written once); returns that slice. The store is closed, so the
+    next open knows nothing about it."""
+    meta = RedisMetaStore.open(tmp_path / "meta")
+    objects = LocalObjectStore(tmp_path / "bucket")
+    fmt = new_format("client", storage="file", bucket=f"{tmp_path}/bucket/", block_size_kib=64)
+    format_volume(meta, objects, fmt)
+    engine = Engine(meta, objects)
+    PathFS(engine).write_bytes("/once", b"z" * 5000)
+    engine.close()
+    with meta.transaction() as tx:
+        ((slice_id, size, _),) = [r for r in tx.slice_refs() if r[0]]
+    meta._flush()
+    assert meta._client.hdel(b"sliceRef", b"k%d_%d" % (slice_id, size)) == 1
+    meta.close()
+    return slice_id, size
+
+
+def test_a_reference_to_a_slice_named_without_a_field_counts_from_one(tmp_path: Path) -> None:
+    """Outside any listing, an absent sliceRef field is 1 reference (what the client's HINCRBY
+    counts from) for a slice chunk records name, and none for a slice nothing names yet."""
+    slice_id, size = _client_written(tmp_path)
+    meta = RedisMetaStore.open(tmp_path / "meta")
+    try:
+        with meta.transaction(write=True) as tx:
+            assert tx.add_slice_ref(slice_id, size, 1) == 2  # a clone of the client's slice
+            assert tx.add_slice_ref(slice_id, size + 1, 1) == 1  # named by no record
+        meta._flush()
+        assert meta._client.hget(b"sliceRef", b"k%d_%d" % (slice_id, size)) == b"1"
+        with meta.transaction(write=True) as tx:
+            assert tx.add_slice_ref(slice_id, size, -2) == 0
+    finally:
+        meta.close()
+
+
+def test_deleting_a_client_written_file_leaves_its_slice_at_zero(tmp_path: Path) -> None:
+    """The engine drops the one reference of a slice the client wrote: the field reads -1
+    (refs 0), as the client's own HINCRBY -1 leaves it, and the metadata check passes."""
+    slice_id, size = _client_written(tmp_path)
+    meta = RedisMetaStore.open(tmp_path / "meta")
+    engine = Engine(meta, LocalObjectStore(tmp_path / "bucket"))
+    try:
+        PathFS(engine).unlink("/once")
+        engine.drain()
+        meta._flush()
+        assert meta._client.hget(b"sliceRef", b"k%d_%d" % (slice_id, size)) == b"-1"
+        from volume.engine.check import check_metadata
+
+        assert check_metadata(meta) == []
+    finally:
+        engine.close()
+        meta.close()
+
+
+def test_a_clone_of_a_client_written_slice_keeps_it_referenced(tmp_path: Path) -> None:
+    """copy_file_range of the client's file then deleting the original: the clone still
+    names the slice, so its count stays 1 (not 0, which would let it be cleaned up)."""
+    slice_id, size = _client_written(tmp_path)
+    meta = RedisMetaStore.open(tmp_path / "meta")
+    engine = Engine(meta, LocalObjectStore(tmp_path / "bucket"))
+    fs = PathFS(engine)
+    try:
+        src, dst = fs.open("/once"), fs.open("/clone", os.O_WRONLY | os.O_CREAT)
+        assert fs.copy_file_range(src, dst, 5000) == 5000
+        fs.close(src)
+        fs.close(dst)
+        fs.unlink("/once")
+        engine.drain()
+        with meta.transaction() as tx:
+            assert [r for r in tx.slice_refs() if r[0]] == [(slice_id, size, 1)]
+        from volume.engine.check import check_metadata
+
+        assert check_metadata(meta) == []
+        assert fs.read_bytes("/clone") == b"z" * 5000
+    finally:
+        engine.close()
+        meta.close()
+
+
+def test_pins_applied_inside_the_server_equal_the_pins_of_each_record(tmp_path: Path) -> None:
+    """``volume.pins`` pins a redis snapshot with one script inside a scratch server (told by the
+    store which slices are named without a field, or walking the chunks itself): the result is
+    exactly what pinning each count through a transaction gives, for 64-bit ids too."""
+    from volume.pins import FOREIGN_CHUNK, SLICE_PIN, pin_snapshot
+
+    slice_id, size = _client_written(tmp_path)  # named by /once, no field: 1 reference
+    big = (1 << 62) + 7  # ids past 2^53 do not fit a Lua number
+    meta = RedisMetaStore.open(tmp_path / "meta")
+    meta._client.rpush(b"c99_0", struct.pack(">IQIII", 0, big, 100, 0, 100))  # no field either
+    meta._client.rpush(b"c99_1", struct.pack(">IQIII", 0, (1 << 63) - 1, 7, 0, 7))
+    meta._client.hset(b"sliceRef", b"k%d_7" % ((1 << 63) - 1), b"1")  # 2 references
+    meta._client.hset(b"sliceRef", b"k%d_100" % (big + 1), b"-1")  # 0 references, unnamed
+    meta._client.hset(b"sliceRef", b"k%d_100" % (big + 2), str(SLICE_PIN + 3).encode())  # pinned
+    meta.close()
+    expected = {
+        b"k%d_%d" % (slice_id, size): SLICE_PIN,
+        b"k%d_100" % big: SLICE_PIN,
+        b"k%d_7" % ((1 << 63) - 1): SLICE_PIN + 1,
+        b"k%d_100" % (big + 1): SLICE_PIN - 1,
+        b"k%d_100" % (big + 2): SLICE_PIN + 3,
+    }
+
+    def pinned(store: object, name: str, source: Path) -> dict[bytes, int]:
+        snap = tmp_path / f"{name}.rdb"
+        snap.write_bytes(source.read_bytes())
+        pin_snapshot(store, snap)  # type: ignore[arg-type]
+        RedisMetaStore.restore(snap, tmp_path / f"{name}-out")
+        out = RedisMetaStore.open(tmp_path / f"{name}-out", read_only=True)
+        try:
+            with out.transaction() as tx:
+                assert tx.get_counter("nextChunk") == FOREIGN_CHUNK
+            return {f: int(v) for f, v in out._client.hgetall(b"sliceRef").items()}
+        finally:
+            out.close()
+
+    live = RedisMetaStore.open(tmp_path / "meta")  # knows the unnamed fields (one scan)
+    try:
+        live.snapshot(tmp_path / "source.rdb")
+        assert pinned(live, "told", tmp_path / "source.rdb") == expected
+        assert live._named_unref == {b"k%d_%d" % (slice_id, size), b"k%d_100" % big}
+    finally:
+        live.close()
+    read_only = RedisMetaStore.open(tmp_path / "meta", read_only=True)  # walks the chunks
+    try:
+        assert pinned(read_only, "walked", tmp_path / "source.rdb") == expected
+    finally:
+        read_only.close()
+    assert pinned(RedisMetaStore, "each", tmp_path / "source.rdb") == expected  # pin_records

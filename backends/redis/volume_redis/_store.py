@@ -26,9 +26,11 @@ is written by ``SAVE`` when the store snapshots and when a writable store closes
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
@@ -54,9 +56,11 @@ from volume.juicefs import (
     Attr,
     Format,
 )
+from volume.pins import FOREIGN_CHUNK
 from volume.stores import MetaStore, MetaStoreCapabilities
 
 from . import _codec as codec
+from . import _scripts
 from ._errors import RedisServerGone, RedisServerStartError
 from ._server import (
     SERVER_FILES,
@@ -146,8 +150,18 @@ class RedisMetaStore(MetaStore):
         self._extra: list[Any] = []  # sustained-inode changes not yet sent
         self._queued = 0
         self._orphan_links: dict[int, dict[int, int]] = {}
+        # sliceRef fields chunk records named without a field when the store opened (JuiceFS:
+        # one reference each), found by one server-side scan the first time it is needed
+        self._named_unref: set[bytes] | None = None
         self._reset_cache()
         self._init_fresh()
+        self._opened_slice = self._fresh_slice  # kept when the cache starts over
+        if self._opened_slice in (1, FOREIGN_CHUNK):
+            # no slice can be named yet, or a published index that no foreign client wrote to
+            # (volume.pins: its nextChunk is the first of the foreign lane, where no slice was
+            # allocated yet) names each slice with a field: JuiceFS leaves a field out only for
+            # a slice it writes or compacts into, which takes a new id from nextChunk
+            self._named_unref = set()
 
     # ------------------------------------------------------------------ opening
 
@@ -577,7 +591,91 @@ class RedisMetaStore(MetaStore):
         scores = self._client.zrange(codec.SUSTAINED_ORDER, -1, -1, withscores=True)
         return int(scores[0][1]) + 1 if scores else 1
 
+    # ---- slices chunk records name without a sliceRef field (JuiceFS: one reference)
+    def _named_without_ref(self, field: bytes) -> bool:
+        """Whether the absent sliceRef ``field`` belongs to a slice chunk records named when the
+        store opened: JuiceFS writes no field for a slice referenced once, and its HINCRBY
+        counts such a slice as 1. A slice first named since (ours: its field is written in the
+        same transaction) or never named has no reference yet.
+
+        Slices numbered from ``nextchunk`` at opening cannot have been named; for the others
+        one scan inside the server lists every such field (a database we wrote has none)."""
+        m = codec.SLICE_FIELD.fullmatch(field)
+        if m is None or int(m.group(1)) >= self._opened_slice:
+            return False
+        return field in self._named_without_refs()
+
+    def _named_without_refs(self) -> set[bytes]:
+        """The fields of :meth:`_named_without_ref`, found once. The set stays a superset of
+        the absent ones: this store never deletes a sliceRef field, and writes the field of
+        every slice it names."""
+        if self._named_unref is None:
+            self._named_unref = set(self._server_named_unref())
+        return self._named_unref
+
+    @_reads
+    def _server_named_unref(self) -> list[bytes]:
+        return self._client.eval(_scripts.NAMED_WITHOUT_REF, 1, codec.SLICE_REFS)
+
+    @_reads
+    def pin_slice_refs(self, pin: int) -> int:
+        """Add ``pin`` to every slice-reference count below it, a slice chunk records name
+        without a field counting 1 (:mod:`volume.pins`), in one pass inside the server; returns
+        how many counts were pinned. Not a transaction (it cannot be rolled back): meant for a
+        scratch copy (:meth:`edit_snapshot`)."""
+        if self._read_only:
+            raise VolumeReadOnly(f"the metadata store in {self._meta_dir} was opened read-only")
+        with self._lock:
+            check_not_nested(self)
+            self._check_usable()
+            named = ["scan"] if self._named_unref is None else ["list", *self._named_unref]
+            pinned = self._client.eval(_scripts.PIN, 1, codec.SLICE_REFS, pin, *named)
+            self._reset_cache()  # sliceRef changed behind the cache
+            self._named_unref = set()  # every named slice has its field now
+        return int(pinned)
+
+    @contextlib.contextmanager
+    def edit_snapshot(self, snapshot: str | Path) -> Iterator[RedisMetaStore]:
+        """A writable store over ``snapshot``, an RDB file this store's :meth:`snapshot` wrote;
+        on a clean exit the file is replaced by what that store then holds. This store is
+        not changed.
+
+        What :mod:`volume.pins` changes in a snapshot before it is published: a scratch server
+        in a directory next to the file, without a journal (a failure leaves the file as it
+        was), saved once and stopped without saving again. It is told which slices chunk
+        records name without a sliceRef field (this store knows them), so nothing has to walk
+        every chunk again.
+        """
+        snapshot = Path(snapshot)
+        with self._lock:
+            self._check_usable()
+            named = None if self._read_only else set(self._named_without_refs())
+        with tempfile.TemporaryDirectory(prefix="volume-edit-", dir=snapshot.parent) as scratch:
+            meta_dir = Path(scratch).resolve()
+            shutil.copyfile(snapshot, meta_dir / INDEX_FILENAME)
+            server = RedisServer(meta_dir, INDEX_FILENAME, journal=False)
+            try:
+                store = type(self)(meta_dir, server, read_only=False)
+            except BaseException:
+                server.stop()
+                raise
+            try:
+                store._named_unref = named
+                yield store
+                store._save_as(snapshot)
+            finally:
+                store._shut(save=False)
+
     # ------------------------------------------------------------------ snapshots
+
+    @_reads
+    def _save_as(self, dest: Path) -> None:
+        """``SAVE`` and move the RDB to ``dest`` (a scratch store's last act: no fsync, the
+        file is staged for an upload)."""
+        with self._lock:
+            self._flush()
+            self._client.save()
+            os.replace(self._meta_dir / INDEX_FILENAME, dest)
 
     @_reads
     def snapshot(self, dest: str | Path) -> int:
@@ -620,13 +718,16 @@ class RedisMetaStore(MetaStore):
     def close(self) -> None:
         """Save (a writable store, so a reopen finds its data), stop the server, then drop the
         journal the saved RDB makes redundant."""
+        self._shut(save=not self._read_only)
+
+    def _shut(self, save: bool) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             saved = False
             try:
-                if not self._read_only and self._broken is None and self._server.alive():
+                if save and self._broken is None and self._server.alive():
                     try:
                         self._flush()
                         self._client.save()

@@ -326,11 +326,14 @@ class RedisTxn(MetaTxn):
     @_writes
     def add_slice_ref(self, slice_id: int, size: int, delta: int) -> int:
         # JuiceFS keeps refs - 1 in sliceRef and leaves the field out for a slice written once
-        # (absent = 1 reference); ours writes it from the first reference (absent = none yet),
-        # except for a slice a listing of this transaction found named without a field
+        # (absent = 1 reference, what its HINCRBY counts from); ours writes it from the first
+        # reference. So an absent field is 1 reference for a slice chunk records named without
+        # one (a client wrote it) and none for a slice no record named yet (a new slice, whose
+        # record this transaction adds)
         field = codec.slice_field(slice_id, size)
         raw = self._get_field(codec.SLICE_REFS, field)
-        base = 1 if raw is None and field in self._implied else 0
+        named = raw is None and (field in self._implied or self._s._named_without_ref(field))
+        base = 1 if named else 0
         refs = (base if raw is None else int(raw) + 1) + delta
         self._field[(codec.SLICE_REFS, field)] = str(refs - 1).encode()
         return refs
