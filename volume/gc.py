@@ -58,6 +58,7 @@ __all__ = [
     "GCReport",
     "LiveMarker",
     "collect",
+    "forget_kept",
     "fsck",
     "keep",
     "unkeep",
@@ -127,6 +128,18 @@ def unkeep(objects: "ObjectStore", fs_name: str, domains: Iterable[int]) -> None
     """Remove the kept marks of ``domains`` (a missing one is fine)."""
     for d in sorted(set(domains)):
         objects.delete(keys.kept_key(fs_name, d))
+
+
+def forget_kept(objects: "ObjectStore", fs_name: str, domain: int) -> None:
+    """Give up a kept working copy whose ``meta_dir`` is lost: remove its mark, so gc collects
+    the blocks of ``domain`` that no version references. Raises
+    :class:`~volume.errors.VolumeUsageError` when there is no such mark."""
+    if not objects.exists(keys.kept_key(fs_name, domain)):
+        raise VolumeUsageError(
+            f"no kept working copy holds domain {domain} of {fs_name!r} in {objects.uri} "
+            f"(volume gc lists the kept ones)"
+        )
+    unkeep(objects, fs_name, [domain])
 
 
 # =========================================================================== reports

@@ -25,6 +25,7 @@ from tests.cli.conftest import volume
 from volume import Volume
 from volume.gc import collect, fsck
 from volume.keys import kept_prefix
+from volume.lifecycle import MARKER_FILE
 from volume.testing.memory import MemoryObjectStore
 
 LATER = 2 * 3600.0  # past the default grace period: claims and heartbeats are all stale
@@ -247,3 +248,23 @@ def test_a_sigkilled_copy_survives_volume_gc_and_resumes(tmp_path: Path):
     after = volume("gc", str(bucket), "--grace", "0s", "--delete", "--json").json()
     assert after["families"][0]["kept"] == []
     assert fsck(v).ok
+
+
+def test_volume_gc_forgets_a_kept_copy_whose_meta_dir_is_lost(tmp_path: Path):
+    bucket = tmp_path / "bucket"
+    rw = Volume.new("lost", bucket=str(bucket)).mount(transport="none", meta_dir=tmp_path / "wc")
+    fsync_write(rw._mount.pathfs, "/f", b"f" * 3000)
+    leave_behind(rw)
+    domain = int(json.loads((tmp_path / "wc" / MARKER_FILE).read_text())["domain"])
+    listed = volume("gc", str(bucket), "--grace", "0s")
+    assert f"--forget-kept lost/{domain}" in listed.out
+
+    bad = volume("gc", str(bucket), "--forget-kept", "lost/999")
+    assert bad.code == 2 and "no kept working copy holds domain 999" in bad.err
+    assert volume("gc", str(bucket), "--forget-kept", "nonsense").code == 2
+
+    done = volume("gc", str(bucket), "--grace", "0s", "--delete", "--forget-kept",
+                  f"lost/{domain}", "--json")  # fmt: skip
+    assert done.code == 0, done.err
+    report = done.json()
+    assert report["families"][0]["kept"] == [] and report["totals"]["deleted_blocks"] == 1

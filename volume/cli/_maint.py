@@ -52,13 +52,22 @@ def _age(seconds: float | None) -> str:
 @click.option(
     "--delete", is_flag=True, help="Delete the garbage (default: a dry run that reports)."
 )
+@click.option(
+    "--forget-kept",
+    "forget",
+    multiple=True,
+    metavar="FAMILY/DOMAIN",
+    help="Give up the kept working copy of that domain (its meta_dir is lost): its blocks that "
+    "no version references become garbage. Repeatable.",
+)
 @common
 @examples(
     "volume gc ./bucket",
     "volume gc s3://my-bucket/volumes --delete",
     "volume gc ./bucket --grace 2h --json",
+    "volume gc ./bucket --forget-kept drafts/3",
 )
-def gc_cmd(bucket: str, grace: str, delete: bool) -> int:
+def gc_cmd(bucket: str, grace: str, delete: bool, forget: tuple[str, ...]) -> int:
     """Find (and with --delete remove) blocks no version of any family references.
 
     Blocks referenced by any published version of any fork are kept, and so is every block of a
@@ -66,7 +75,7 @@ def gc_cmd(bucket: str, grace: str, delete: bool) -> int:
     period) or of a working copy kept in a meta_dir for a resume (whatever its age; listed).
     Index snapshots without a version document are reported, never deleted.
     """
-    from ..gc import collect
+    from ..gc import collect, forget_kept
     from ..lifecycle import object_store
     from ..model import Volume
     from ._versions import _bucket
@@ -77,6 +86,12 @@ def gc_cmd(bucket: str, grace: str, delete: bool) -> int:
         raise VolumeUsageError(f"bucket directory {local} does not exist")
     objects = object_store(Volume.parse({"name": "gc-bucket", "bucket": _bucket(bucket)}))
     try:
+        for item in forget:
+            family, _, domain = item.rpartition("/")
+            if not family or not domain.isdigit():
+                raise VolumeUsageError(f"--forget-kept {item!r}: expected FAMILY/DOMAIN, as gc "
+                                       f"lists kept working copies (drafts/3)")  # fmt: skip
+            forget_kept(objects, family, int(domain))
         with progress("gc: listing", None, unit="keys") as bar:
             report = collect(objects, grace=seconds, delete=delete, progress=bar.advance)
     finally:
@@ -103,7 +118,8 @@ def gc_cmd(bucket: str, grace: str, delete: bool) -> int:
                 out.print(
                     f"{f.name}: kept working copy: domain {k['domain']} of volume {k['volume']}, "
                     f"meta_dir {k['meta_dir']} on {k['host']}, {_age(k['age_seconds'])} old "
-                    f"(kept until it is finalized or discarded)", markup=False,
+                    f"(kept until it is finalized or discarded; if its meta_dir is lost: --forget-kept "
+                    f"{f.name}/{k['domain']})", markup=False,
                 )  # fmt: skip
         verb = "deleted" if delete else "would delete (dry run; --delete to act)"
         n, b = (totals["deleted_blocks"], totals["deleted_bytes"]) if delete else (
