@@ -187,11 +187,24 @@ class MetaTxn(ABC):
         """``(name, inode, type)`` of the directory's entries sorted by name bytes, starting
         strictly after ``after``, at most ``limit``."""
 
-    def list_entries_attrs(self, parent: int) -> list[tuple[bytes, int, int, Attr | None]]:
-        """``(name, inode, type, attr)`` of every entry of the directory, sorted by name bytes
-        (``attr`` None when the inode has no attributes row). Stores may answer it in one
-        query; this default asks for each entry's attributes in turn."""
-        return [(n, i, t, self.get_attr(i)) for n, i, t in self.list_entries(parent)]
+    def list_entries_attrs(
+        self, parent: int, after: bytes | None = None, limit: int | None = None
+    ) -> list[tuple[bytes, int, int, Attr | None]]:
+        """``(name, inode, type, attr)`` of the directory's entries, sorted by name bytes,
+        starting strictly after ``after``, at most ``limit`` (``attr`` None when the inode has
+        no attributes row). Stores may answer it in one query; this default asks for each
+        entry's attributes in turn."""
+        return [(n, i, t, self.get_attr(i)) for n, i, t in self.list_entries(parent, after, limit)]
+
+    def any_xattrs(self) -> bool:
+        """Whether some inode may have an extended attribute (a store that cannot tell cheaply
+        answers True)."""
+        return True
+
+    def inodes_with_xattrs(self, inodes: list[int]) -> set[int]:
+        """Those of ``inodes`` that have at least one extended attribute. Stores may answer it
+        in one query; this default lists each inode's in turn."""
+        return {i for i in inodes if self.list_xattrs(i)}
 
     @abstractmethod
     def has_entries(self, parent: int) -> bool:

@@ -480,20 +480,32 @@ class NamespaceOps:
             attr.parent = to
 
     def readdir(
-        self, ino: int, caller: Caller = ROOT, *, plus: bool = False
+        self, ino: int, caller: Caller = ROOT, *, plus: bool = False,
+        after: bytes | None = None, limit: int | None = None,
     ) -> list[tuple[bytes, int, int, Attr | None]]:
-        """``(name, inode, type, attr-or-None)`` of every entry, sorted by name bytes."""
+        """``(name, inode, type, attr-or-None)`` of the entries sorted by name bytes, starting
+        strictly after the name ``after``, at most ``limit`` of them (a listing read in pages
+        sees every entry that exists throughout, as readdir(3) promises)."""
 
         def run(tx: MetaTxn) -> list[tuple[bytes, int, int, Attr | None]]:
             self._dir(tx, ino, caller, R_OK)
             if not plus:
-                return [(n, i, t, None) for n, i, t in tx.list_entries(ino)]
+                return [(n, i, t, None) for n, i, t in tx.list_entries(ino, after, limit)]
             return [
                 (n, i, t, self._overlay(i, a if a is not None else self._attr(tx, i)))
-                for n, i, t, a in tx.list_entries_attrs(ino)
+                for n, i, t, a in tx.list_entries_attrs(ino, after, limit)
             ]
 
         return self._read(run)
+
+    def has_xattrs(self) -> bool:
+        """Whether some inode may have an extended attribute (True when the store cannot tell
+        cheaply)."""
+        return self._read(lambda tx: tx.any_xattrs())
+
+    def without_xattrs(self, inodes: list[int]) -> set[int]:
+        """Those of ``inodes`` that have no extended attribute (one query where the store can)."""
+        return set(inodes) - self._read(lambda tx: tx.inodes_with_xattrs(inodes))
 
     def statfs(self) -> StatFS:
         """Space and inode usage from the store's counters (and the Format's quotas)."""

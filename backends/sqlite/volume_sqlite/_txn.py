@@ -12,8 +12,8 @@ columns are read through ``CAST(... AS BLOB)`` because the client's append path 
 from __future__ import annotations
 
 import errno
-
 import functools
+import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -127,14 +127,20 @@ UPDATE_DIR_STATS = (
     "used_inodes = used_inodes + excluded.used_inodes"
 )
 DELETE_DIR_STATS = "DELETE FROM jfs_dir_stats WHERE inode = ?"
-# every entry of a directory with its inode's row (NULLs when it has none), in one statement
+# a directory's entries with their inodes' rows (NULLs when one has none), in one statement
 LIST_ENTRIES_ATTRS = (
     "SELECT CAST(e.name AS BLOB), e.inode, e.type, n.inode IS NOT NULL, "
     + ", ".join(f"n.{c}" if c[0].isalpha() and "(" not in c else c.replace("(", "(n.", 1)
                 for c in _NODE_COLUMNS.split(", "))
     + " FROM jfs_edge e LEFT JOIN jfs_node n ON n.inode = e.inode WHERE e.parent = ? "
-    "ORDER BY e.name"
 )  # fmt: skip
+LIST_ENTRIES_ATTRS_FIRST = LIST_ENTRIES_ATTRS + "ORDER BY e.name LIMIT ?"
+LIST_ENTRIES_ATTRS_AFTER = LIST_ENTRIES_ATTRS + "AND e.name > ? ORDER BY e.name LIMIT ?"
+ANY_XATTR = "SELECT 1 FROM jfs_xattr LIMIT 1"
+# which of a JSON array of inodes have an xattr (one statement whatever their number)
+INODES_WITH_XATTRS = (
+    "SELECT DISTINCT inode FROM jfs_xattr WHERE inode IN (SELECT value FROM json_each(?))"
+)
 GET_DIR_STATS = "SELECT data_length, used_space, used_inodes FROM jfs_dir_stats WHERE inode = ?"
 
 # --------------------------------------------------------------------------- conversions
@@ -319,11 +325,30 @@ class SQLiteTxn(MetaTxn):
             return self._cur.execute(LIST_ENTRIES, (parent, sql_limit)).fetchall()
         return self._cur.execute(LIST_ENTRIES_AFTER, (parent, after, sql_limit)).fetchall()
 
-    def list_entries_attrs(self, parent: int) -> list[tuple[bytes, int, int, Attr | None]]:
+    def list_entries_attrs(
+        self, parent: int, after: bytes | None = None, limit: int | None = None
+    ) -> list[tuple[bytes, int, int, Attr | None]]:
+        sql_limit = -1 if limit is None else limit  # LIMIT -1: no limit
+        rows = (
+            self._cur.execute(LIST_ENTRIES_ATTRS_FIRST, (parent, sql_limit))
+            if after is None
+            else self._cur.execute(LIST_ENTRIES_ATTRS_AFTER, (parent, after, sql_limit))
+        )
         return [
-            (row[0], row[1], row[2], _attr_from_row(row[4:]) if row[3] else None)
-            for row in self._cur.execute(LIST_ENTRIES_ATTRS, (parent,))
+            (row[0], row[1], row[2], _attr_from_row(row[4:]) if row[3] else None) for row in rows
         ]
+
+    def any_xattrs(self) -> bool:
+        return self._cur.execute(ANY_XATTR).fetchone() is not None
+
+    def inodes_with_xattrs(self, inodes: list[int]) -> set[int]:
+        if not inodes:
+            return set()
+        try:
+            rows = self._cur.execute(INODES_WITH_XATTRS, (json.dumps(inodes),)).fetchall()
+        except sqlite3.OperationalError:  # an SQLite built without JSON functions
+            return super().inodes_with_xattrs(inodes)
+        return {row[0] for row in rows}
 
     def has_entries(self, parent: int) -> bool:
         return self._cur.execute(HAS_ENTRIES, (parent,)).fetchone() is not None
