@@ -7,6 +7,7 @@ long profile: at least ``n`` steps per machine.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 
 import pytest
@@ -115,7 +116,9 @@ def test_lifecycle_machine_long(bucket: str, meta: str) -> None:
     cls = machine(bucket, meta)
     case = cls.TestCase
     case.settings = LONG
+    start = time.monotonic()
     while cls.totals["steps"] < LONG_STEPS:
         case("runTest").runTest()
-        print(f"\n{bucket}/{meta}: {cls.totals['steps']} steps so far", flush=True)
+        elapsed = time.monotonic() - start
+        print(f"\n{bucket}/{meta}: {cls.totals['steps']} steps in {elapsed:.0f} s", flush=True)
     print(f"\nlifecycle machine {bucket}/{meta}: {dict(cls.totals)}")

@@ -10,8 +10,9 @@ delete. After every step it checks:
 
 * live handles read back exactly their models (isolation: nothing written to one handle shows in
   another or in any version);
-* published versions mount read-only and read back exactly their models (the newest and one
-  older version in rotation each step, every version at teardown, or all of them every step with
+* published versions mount read-only and read back exactly their models (each new version at
+  the step that published it, one older version in rotation each step, every version every
+  ``full_check_every`` steps and at teardown, or all of them every step with
   ``check_all_versions = True``);
 * every block key is put exactly once, with put-if-absent; each session's slice ids lie in the
   domain it claimed, and no slice id is used by two sessions; no domain is claimed twice;
@@ -242,8 +243,10 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     #: metadata store type of new volumes (None: the first installed, sqlite when present)
     meta_store_type: ClassVar[str | None] = None
-    #: check every published version after every step (slow); else the newest and one in turn
+    #: check every published version after every step (slow); else each new version and one
+    #: older version in turn, and all of them every ``full_check_every`` steps and at teardown
     check_all_versions: ClassVar[bool] = False
+    full_check_every: ClassVar[int] = 20
 
     #: how often each rule did its work, over every run of this class (reported by the tests)
     totals: ClassVar[Counter[str]] = Counter()
@@ -299,6 +302,8 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.counter = 0
         self.steps = 0
         self.rotation = 0
+        self.steps_checked = 0
+        self.versions_checked = 0  # published versions already mounted by the invariant
         self.family: str | None = None
 
     def teardown(self) -> None:
@@ -483,14 +488,20 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.did("steps")
         if not self.published:
             return
-        if self.check_all_versions:
+        every = self.full_check_every
+        if self.check_all_versions or (every and self.steps_checked % every == every - 1):
             chosen = self.published
-        else:
+        else:  # each new version, and one older version in turn
             self.rotation += 1
             chosen = {
                 id(p): p
-                for p in (self.published[-1], self.published[self.rotation % len(self.published)])
+                for p in (
+                    *self.published[self.versions_checked :],
+                    self.published[self.rotation % len(self.published)],
+                )
             }.values()
+        self.steps_checked += 1
+        self.versions_checked = len(self.published)
         for p in chosen:
             self.check_version(p)
 
