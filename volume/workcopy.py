@@ -10,6 +10,9 @@ a ``meta_dir``, and what happens to live mounts when the process exits or is sig
   ``finalize`` closes it (state ``published``); after a crash, a SIGKILL, a signal or an exit
   without finalizing, the next writable mount of the same volume with the same ``meta_dir``
   continues from it, with everything fsync'd before.
+* **Keeping it from gc** (:func:`keep`): a copy in a ``meta_dir`` that outlives its process reads
+  blocks no version references, so its slice domains are marked kept in the bucket before its
+  session stores a block; finalizing or discarding the copy removes the marks (:func:`unkeep`).
 * **Exit and signals** (:func:`track_mount`): a process that exits with a writable mount whose
   changes are unpublished says so on stderr; SIGTERM and SIGINT end the process through the
   normal exit path (mounts are unmounted cleanly, nothing is published unless the program's own
