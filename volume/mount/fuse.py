@@ -293,6 +293,10 @@ class EngineOperations:
         # (request id, path) of each thread's last setattr: libfuse answers a setattr with our
         # getattr of the path but, unlike for a getattr, does not take the hidden name's link off
         self._last_setattr: dict[int, tuple[int | None, str | None]] = {}
+        # (request id, path, inode, attr) of each thread's last change that libfuse answers
+        # with a getattr of the same path in the same request (setattr, create, mkdir, mknod,
+        # symlink, link): the change's own result answers it, without another transaction
+        self._replies: dict[int, tuple[int | None, str | None, int, Attr]] = {}
 
     # ------------------------------------------------------------------ resolution
 
@@ -318,6 +322,12 @@ class EngineOperations:
         if generation == self._generation:  # else an in-process change may have made it stale
             self._remember(path, ino)
         return ino, attr
+
+    def _answered(self, path: str | None, ino: int, attr: Attr) -> Attr:
+        """Keep ``attr`` (the result of a change to ``path``) for the getattr libfuse makes
+        next in this request to answer it."""
+        self._replies[threading.get_ident()] = (_request_id(), path, ino, attr)
+        return attr
 
     def _note_links(self, ino: int, attr: Attr) -> None:
         if attr.nlink > 1 and attr.type != TYPE_DIRECTORY:
@@ -431,7 +441,12 @@ class EngineOperations:
 
     def attributes(self, path: str | None, fh: int | None = None) -> tuple[int, Attr]:
         """What :meth:`getattr` reports, as ``(inode, attr)``."""
-        if fh is None and path is not None:
+        reply = self._replies.pop(threading.get_ident(), None)
+        if reply is not None and reply[1] == path and reply[0] is not None and (
+            reply[0] == _request_id()
+        ):
+            ino, attr = reply[2], reply[3]
+        elif fh is None and path is not None:
             ino, attr = self._lookup(path)
         else:
             ino = self._target(path, fh)
@@ -443,7 +458,7 @@ class EngineOperations:
 
     def _setattr(self, path: str | None, fh: int | None, **changes: Any) -> None:
         ino = self._target(path, fh)
-        self.engine.setattr(ino, self._caller(), **changes)
+        self._answered(path, ino, self.engine.setattr(ino, self._caller(), **changes))
         self._last_setattr[threading.get_ident()] = (_request_id(), path)
         self._invalidate(self._other_names(ino, path))
 
@@ -489,19 +504,22 @@ class EngineOperations:
 
     def mkdir(self, path: str, mode: int) -> None:
         parent, name = self._parent(path)
-        ino, _ = self.engine.mkdir(parent, name, mode, self._caller())
+        ino, attr = self.engine.mkdir(parent, name, mode, self._caller())
         self._remember(path, ino)
+        self._answered(path, ino, attr)
 
     def mknod(self, path: str, mode: int, dev: int) -> None:
         parent, name = self._parent(path)
-        ino, _ = self.engine.mknod(parent, name, mode, dev, self._caller())
+        ino, attr = self.engine.mknod(parent, name, mode, dev, self._caller())
         self._remember(path, ino)
+        self._answered(path, ino, attr)
 
     def symlink(self, path: str, target: str) -> None:
         """``ln -s target path`` (mfusepy's order: the new link first)."""
         parent, name = self._parent(path)
-        ino, _ = self.engine.symlink(parent, name, os.fsencode(target), self._caller())
+        ino, attr = self.engine.symlink(parent, name, os.fsencode(target), self._caller())
         self._remember(path, ino)
+        self._answered(path, ino, attr)
 
     def readlink(self, path: str) -> str:
         return os.fsdecode(self.engine.readlink(self._inode(path)))
@@ -510,9 +528,10 @@ class EngineOperations:
         """``ln existing path`` (mfusepy's order: the new name first)."""
         ino = self._inode(existing)
         parent, name = self._parent(path)
-        self.engine.link(ino, parent, name, self._caller())
+        attr = self.engine.link(ino, parent, name, self._caller())
         self._remember(path, ino)
         self._linked.add(ino)
+        self._answered(path, ino, attr)
         self._invalidate(self._other_names(ino, path))
 
     def unlink(self, path: str) -> None:
@@ -752,16 +771,17 @@ class EngineOperations:
         parent, name = self._parent(path)
         caller = self._caller()
         try:
-            fh, ino, _ = self.engine.create(parent, name, mode, flags | os.O_EXCL, caller)
+            fh, ino, attr = self.engine.create(parent, name, mode, flags | os.O_EXCL, caller)
             self._no_capability.add(ino)  # a new file has no extended attributes
             self._no_xattrs.add(ino)
         except FileExistsError:
             if flags & os.O_EXCL:
                 raise
             # created meanwhile by someone else: open it, as open(2) without O_EXCL does
-            fh, ino, _ = self.engine.create(parent, name, mode, flags, caller)
+            fh, ino, attr = self.engine.create(parent, name, mode, flags, caller)
         self._handle_inodes[fh] = ino
         self._remember(path, ino)
+        self._answered(path, ino, attr)
         return fh
 
     def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:

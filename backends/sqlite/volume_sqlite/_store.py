@@ -27,7 +27,7 @@ from volume.juicefs import (
 from volume.stores import MetaStore, MetaStoreCapabilities
 
 from ._schema import FORMAT_COUNTERS, JUICEFS_SCHEMA
-from ._txn import SQLiteTxn, translate_error
+from ._txn import GET_ATTR, SQLiteTxn, _attr_from_row, translate_error
 
 INDEX_FILENAME = "meta.db"
 
@@ -255,6 +255,21 @@ class SQLiteMetaStore(MetaStore):
                 f"change it"
             )
         return SQLiteTxn(self._conn, self._lock, self._db_path, write)
+
+    def read_attr(self, inode: int) -> Attr | None:
+        """One inode's attributes, read outside any explicit transaction: a single SELECT is
+        its own consistent read, and costs a third of a ``BEGIN``/``SELECT``/``COMMIT``.
+        (The store's lock keeps it out of another thread's transaction on the connection.)"""
+        try:
+            with self._lock:
+                if self._conn.in_transaction:  # this thread's own transaction is open
+                    raise MetaStoreError(
+                        "read_attr runs outside transactions; use get_attr inside one"
+                    )
+                row = self._conn.execute(GET_ATTR, (inode,)).fetchone()
+        except sqlite3.Error as exc:
+            raise translate_error(exc, self._db_path) from exc
+        return None if row is None else _attr_from_row(row)
 
     # ------------------------------------------------------------------ snapshots
 
