@@ -7,7 +7,6 @@ cannot be tested on the emulator; gcsfs can (see ``spec/stores.md``).
 
 from __future__ import annotations
 
-import errno
 import os
 import secrets
 from collections.abc import Iterator
@@ -20,27 +19,15 @@ os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 import aiohttp
 import gcsfs
 from gcsfs.retry import HttpError
-from volume_s3._obstore import (
-    AccessDenied,
-    BucketNotFound,
-    CloudStoreError,
-    CredentialsRejected,
-    StoreUnreachable,
-    split_options,
-)
+from volume_s3._obstore import CloudObjectStore, split_options
 from volume_s3._uri import split_bucket_uri
 
-from volume.errors import ObjectExists, ObjectNotFound, ObjectStoreError
+from volume.errors import ObjectStoreError
 from volume.keys import validate_key, validate_prefix, validate_range
-from volume.stores import ObjectInfo, ObjectStore, ObjectStoreCapabilities
-
-_CREDENTIALS_HINT = (
-    "check GOOGLE_APPLICATION_CREDENTIALS (or `gcloud auth application-default login`, the "
-    "instance service account) and that it belongs to the bucket's project"
-)
+from volume.stores import ObjectInfo
 
 
-class GCSObjectStore(ObjectStore):
+class GCSObjectStore(CloudObjectStore):
     """Objects below ``gs://<bucket>/<prefix>`` (``gcs://`` too).
 
     Credentials: Google's default chain (``GOOGLE_APPLICATION_CREDENTIALS``, gcloud's application
@@ -51,9 +38,12 @@ class GCSObjectStore(ObjectStore):
     """
 
     name = "gs"
-    capabilities: ClassVar[ObjectStoreCapabilities] = ObjectStoreCapabilities(
-        conditional_put=True, range_reads=True, local=False
+    credentials_hint: ClassVar[str] = (
+        "check GOOGLE_APPLICATION_CREDENTIALS (or `gcloud auth application-default login`, the "
+        "instance service account) and that it belongs to the bucket's project"
     )
+    bucket_lookup: ClassVar[str] = "the project/endpoint"
+    access_grant: ClassVar[str] = "the account's IAM role"
 
     def __init__(self, bucket: str, prefix: str = "", **options: Any) -> None:
         settings = split_options("gs", options, {"endpoint", "project"})
@@ -91,10 +81,6 @@ class GCSObjectStore(ObjectStore):
     @property
     def uri(self) -> str:
         return f"gs://{self._bucket}/{self._prefix}"
-
-    @property
-    def bucket(self) -> str:
-        return self._bucket
 
     @property
     def format_bucket(self) -> str:
@@ -217,55 +203,16 @@ class GCSObjectStore(ObjectStore):
         return True
 
     def _error(self, action: str, key: str, exc: BaseException) -> ObjectStoreError:
-        where = f"{key!r} in {self.uri}"
         text = str(exc)
         status = getattr(exc, "code", None) if isinstance(exc, HttpError) else None
         if isinstance(exc, FileExistsError):
-            return _typed(ObjectExists(f"object {where} already exists"), errno.EEXIST, 412, self)
+            return self._object_exists(key)
         if isinstance(exc, FileNotFoundError):
-            if not self._bucket_exists():
-                return _typed(
-                    BucketNotFound(
-                        f"the bucket {self._bucket!r} does not exist (HTTP 404 while trying to "
-                        f"{action} {key!r}); check the bucket name in {self.uri} and the "
-                        f"project/endpoint, or create the bucket"
-                    ),
-                    errno.ENOENT, 404, self,
-                )  # fmt: skip
-            return _typed(ObjectNotFound(f"no object {where}"), errno.ENOENT, 404, self)
+            return self._not_found(action, key, bucket_missing=not self._bucket_exists())
         if status == 401 or "credentials" in text.lower() and status is None:
-            return _typed(
-                CredentialsRejected(
-                    f"gs refused the credentials for bucket {self._bucket!r} (HTTP "
-                    f"{status or 401} while trying to {action} {key!r}); {_CREDENTIALS_HINT}"
-                ),
-                errno.EACCES, status or 401, self,
-            )  # fmt: skip
+            return self._credentials_refused(action, key, status)
         if text.startswith("Forbidden") or status == 403:
-            return _typed(
-                AccessDenied(
-                    f"access denied to bucket {self._bucket!r} (HTTP 403 while trying to "
-                    f"{action} {key!r}); check that the account's IAM role allows it on {self.uri}"
-                ),
-                errno.EACCES, 403, self,
-            )  # fmt: skip
+            return self._access_denied(action, key)
         if isinstance(exc, (aiohttp.ClientConnectionError, TimeoutError)):
-            return _typed(
-                StoreUnreachable(
-                    f"gs endpoint for bucket {self._bucket!r} did not answer while trying to "
-                    f"{action} {key!r} ({type(exc).__name__}: {text[:200]}); check the endpoint "
-                    f"and the network, or raise the connect_timeout/read_timeout options"
-                ),
-                errno.ETIMEDOUT, None, self,
-            )  # fmt: skip
-        return _typed(
-            CloudStoreError(f"cannot {action} {where}: {type(exc).__name__}: {text[:300]}"),
-            errno.EIO, status, self,
-        )  # fmt: skip
-
-
-def _typed(exc: Any, code: int | None, status: int | None, store: GCSObjectStore) -> Any:
-    exc.errno = code
-    exc.status = status
-    exc.bucket = store.bucket
-    return exc
+            return self._unreachable(action, key, f"{type(exc).__name__}: {text[:200]}")
+        return self._failed(action, key, f"{type(exc).__name__}: {text[:300]}", status)

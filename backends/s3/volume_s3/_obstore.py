@@ -4,7 +4,8 @@ create-only PUT mode for S3, GCS and Azure).
 
 A subclass builds the obstore store and says how to describe its bucket; this class maps keys
 below the URI's prefix, ranges, listing and errors the same way for every cloud
-(``spec/stores.md``).
+(``spec/stores.md``). :class:`CloudObjectStore` below it words and types the errors of every
+cloud store, the ``gs`` one (on gcsfs) too.
 """
 
 from __future__ import annotations
@@ -72,36 +73,105 @@ def _status(exc: BaseException) -> int | None:
     return int(found.group(1)) if found else None
 
 
-# =========================================================================== the store
+# =========================================================================== the stores
 
 
-class ObstoreObjectStore(ObjectStore):
-    """An object store below ``<bucket>/<prefix>`` of a cloud store reached through obstore.
-
-    Subclasses set ``name``, ``scheme``, ``_bucket``, ``_prefix``, ``_store`` (the obstore store)
-    in ``__init__`` and may override :meth:`_hint` (what to check, per error kind).
-    """
+class CloudObjectStore(ObjectStore):
+    """An object store below ``<bucket>/<prefix>`` of a cloud store: the typed errors every
+    cloud store raises, worded alike. A subclass decides which kind an error of its client is
+    and builds it with the methods below; the class attributes say what to check, per cloud."""
 
     capabilities: ClassVar[ObjectStoreCapabilities] = ObjectStoreCapabilities(
         conditional_put=True, range_reads=True, local=False
     )
-    scheme: ClassVar[str] = ""
     #: how a credential error tells the user what to check (per cloud)
     credentials_hint: ClassVar[str] = ""
+    #: where a missing bucket is looked up
+    bucket_lookup: ClassVar[str] = "the endpoint/account it is looked up at"
+    #: what grants access to the bucket
+    access_grant: ClassVar[str] = "the credentials' policy"
 
-    _store: Any
     _bucket: str
     _prefix: str  # "" or "some/prefix/" (with a trailing slash)
-
-    def __init__(self) -> None:
-        self._bucket_seen = threading.Event()  # an answer proved the bucket exists
-
-    # ------------------------------------------------------------------ naming
 
     @property
     def bucket(self) -> str:
         """The bucket (container) name."""
         return self._bucket
+
+    def _typed(self, exc: Any, code: int | None, status: int | None) -> Any:
+        exc.errno = code
+        exc.status = status
+        exc.bucket = self._bucket
+        return exc
+
+    def _object_exists(self, key: str) -> ObjectStoreError:
+        return self._typed(
+            ObjectExists(f"object {key!r} in {self.uri} already exists"), errno.EEXIST, 412
+        )
+
+    def _not_found(self, action: str, key: str, *, bucket_missing: bool) -> ObjectStoreError:
+        if bucket_missing:
+            return self._typed(
+                BucketNotFound(
+                    f"the bucket {self._bucket!r} does not exist (HTTP 404 while trying to "
+                    f"{action} {key!r}); check the bucket name in {self.uri} and "
+                    f"{self.bucket_lookup}, or create the bucket"
+                ),
+                errno.ENOENT, 404,
+            )  # fmt: skip
+        return self._typed(ObjectNotFound(f"no object {key!r} in {self.uri}"), errno.ENOENT, 404)
+
+    def _credentials_refused(self, action: str, key: str, status: int | None) -> ObjectStoreError:
+        return self._typed(
+            CredentialsRejected(
+                f"{self.name} refused the credentials for bucket {self._bucket!r} "
+                f"(HTTP {status or 401} while trying to {action} {key!r}); "
+                f"{self.credentials_hint}"
+            ),
+            errno.EACCES, status or 401,
+        )  # fmt: skip
+
+    def _access_denied(self, action: str, key: str) -> ObjectStoreError:
+        return self._typed(
+            AccessDenied(
+                f"access denied to bucket {self._bucket!r} (HTTP 403 while trying to "
+                f"{action} {key!r}); check that {self.access_grant} allows it on {self.uri}"
+            ),
+            errno.EACCES, 403,
+        )  # fmt: skip
+
+    def _unreachable(self, action: str, key: str, detail: str) -> ObjectStoreError:
+        return self._typed(
+            StoreUnreachable(
+                f"{self.name} endpoint for bucket {self._bucket!r} did not answer while "
+                f"trying to {action} {key!r} ({detail}); check the endpoint and "
+                f"the network, or raise the connect_timeout/read_timeout options"
+            ),
+            errno.ETIMEDOUT, None,
+        )  # fmt: skip
+
+    def _failed(self, action: str, key: str, detail: str, status: int | None) -> ObjectStoreError:
+        return self._typed(
+            CloudStoreError(f"cannot {action} {key!r} in {self.uri}: {detail}"), errno.EIO, status
+        )
+
+
+class ObstoreObjectStore(CloudObjectStore):
+    """An object store below ``<bucket>/<prefix>`` of a cloud store reached through obstore.
+
+    Subclasses set ``name``, ``scheme``, ``_bucket``, ``_prefix``, ``_store`` (the obstore store)
+    in ``__init__`` and may set the hints of :class:`CloudObjectStore`.
+    """
+
+    scheme: ClassVar[str] = ""
+
+    _store: Any
+
+    def __init__(self) -> None:
+        self._bucket_seen = threading.Event()  # an answer proved the bucket exists
+
+    # ------------------------------------------------------------------ naming
 
     @property
     def prefix(self) -> str:
@@ -244,55 +314,21 @@ class ObstoreObjectStore(ObjectStore):
 
     def _error(self, action: str, key: str, exc: BaseException) -> ObjectStoreError:
         """The typed error for ``exc``, raised by obstore while doing ``action`` on ``key``."""
-        where = f"{key!r} in {self.uri}"
         status = _status(exc)
         text = str(exc)
         if isinstance(exc, (obx.AlreadyExistsError, obx.PreconditionError)):
-            return _typed(ObjectExists(f"object {where} already exists"), errno.EEXIST, 412, self)
+            return self._object_exists(key)
         if isinstance(exc, (obx.NotFoundError, FileNotFoundError)) or status == 404:
-            if self._bucket_missing(text):
-                return _typed(
-                    BucketNotFound(
-                        f"the bucket {self._bucket!r} does not exist (HTTP 404 while trying to "
-                        f"{action} {key!r}); check the bucket name in {self.uri} and the "
-                        f"endpoint/account it is looked up at, or create the bucket"
-                    ),
-                    errno.ENOENT, 404, self,
-                )  # fmt: skip
-            return _typed(ObjectNotFound(f"no object {where}"), errno.ENOENT, 404, self)
+            return self._not_found(action, key, bucket_missing=self._bucket_missing(text))
         no_credentials = "token request" in text or "credential" in text.lower()
         if (isinstance(exc, obx.UnauthenticatedError) or no_credentials
                 or self._credentials_rejected(text, status)):  # fmt: skip
-            return _typed(
-                CredentialsRejected(
-                    f"{self.name} refused the credentials for bucket {self._bucket!r} "
-                    f"(HTTP {status or 401} while trying to {action} {key!r}); "
-                    f"{self.credentials_hint}"
-                ),
-                errno.EACCES, status or 401, self,
-            )  # fmt: skip
+            return self._credentials_refused(action, key, status)
         if isinstance(exc, obx.PermissionDeniedError) or status == 403:
-            return _typed(
-                AccessDenied(
-                    f"access denied to bucket {self._bucket!r} (HTTP 403 while trying to "
-                    f"{action} {key!r}); check that the credentials' policy allows it on "
-                    f"{self.uri}"
-                ),
-                errno.EACCES, 403, self,
-            )  # fmt: skip
+            return self._access_denied(action, key)
         if status is None and _is_timeout(text):
-            return _typed(
-                StoreUnreachable(
-                    f"{self.name} endpoint for bucket {self._bucket!r} did not answer while "
-                    f"trying to {action} {key!r} ({_first_line(text)}); check the endpoint and "
-                    f"the network, or raise the connect_timeout/read_timeout options"
-                ),
-                errno.ETIMEDOUT, None, self,
-            )  # fmt: skip
-        return _typed(
-            CloudStoreError(f"cannot {action} {where}: {_first_line(text)}"),
-            errno.EIO, status, self,
-        )  # fmt: skip
+            return self._unreachable(action, key, _first_line(text))
+        return self._failed(action, key, _first_line(text), status)
 
     def _bucket_missing(self, text: str) -> bool:
         """Whether a 404 means the bucket is missing (not only the object)."""
@@ -319,13 +355,6 @@ class ObstoreObjectStore(ObjectStore):
                  "AuthenticationFailed", "InvalidAuthenticationInfo", "NoAccessKey",
                  "invalid_grant", "Unauthorized", "failed to authenticate")  # fmt: skip
         return status in (401, 403) and any(code in text for code in codes)
-
-
-def _typed(exc: Any, code: int | None, status: int | None, store: ObstoreObjectStore) -> Any:
-    exc.errno = code
-    exc.status = status
-    exc.bucket = store.bucket
-    return exc
 
 
 def _is_timeout(text: str) -> bool:
