@@ -392,8 +392,12 @@ def _sha256(path: Path) -> str:
     return f"sha256:{h.hexdigest()}"
 
 
-def _stage_index(volume: "Volume", objects: ObjectStore, md: MetaDir, *, purpose: str) -> None:
-    """Make ``md`` hold the volume's committed index, reusing a pristine local copy."""
+def _stage_index(
+    volume: "Volume", objects: ObjectStore, md: MetaDir, *, purpose: str, replace_copy: bool = False
+) -> None:
+    """Make ``md`` hold the volume's committed index, reusing a pristine local copy. An
+    unpublished working copy kept there is refused unless ``replace_copy`` (a writable mount of
+    another volume, which discards it)."""
     index = volume.index
     assert index is not None
     store_cls = _meta_class(volume)
@@ -414,6 +418,8 @@ def _stage_index(volume: "Volume", objects: ObjectStore, md: MetaDir, *, purpose
         and marker.get("size") == local.stat().st_size
     ):
         return
+    if not replace_copy:
+        workcopy.refuse_unpublished(md)
     if marker is not None and marker.get("store") not in (None, store_cls.name):
         raise VolumeStoreMismatch(
             f"meta_dir {md.path} holds a {marker.get('store')!r} store, but volume "
@@ -676,7 +682,7 @@ def mount_rw(
             meta = store_cls.open(md.path)
             domain = int(marker["domain"])
         else:
-            _stage_index(volume, objects, md, purpose="write")
+            _stage_index(volume, objects, md, purpose="write", replace_copy=True)
             meta = store_cls.open(md.path)
             domain = claim_domain(objects, meta.load_format().Name, volume.name)
         fmt_now = meta.load_format()
@@ -1089,6 +1095,7 @@ def migrate(
     dst_dir = MetaDir.acquire(new_meta_dir, f"{volume.name}-{new_type}")
     try:
         _stage_index(volume, objects, src_dir, purpose="read")
+        workcopy.refuse_unpublished(dst_dir)
         dst_dir.clear(target_cls)
         with _meta_class(volume).open(src_dir.path, read_only=True) as src, target_cls.open(
             dst_dir.path

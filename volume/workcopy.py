@@ -173,6 +173,18 @@ def unkeep(md: "MetaDir", objects: ObjectStore) -> None:
     md.set_marker(**{**marker, "kept": []})
 
 
+def refuse_unpublished(md: "MetaDir") -> None:
+    """Refuse to reuse ``md`` for a read-only mount, a fork or a migration while it holds an
+    unpublished working copy (:class:`VolumeStoreMismatch`): it would be lost silently."""
+    marker = md.marker()
+    if marker is not None and marker.get("state") == IN_USE:
+        raise VolumeStoreMismatch(
+            f"meta_dir {md.path} holds unpublished changes of volume {marker.get('volume')!r} "
+            f"(a working copy kept for a resume); mount that volume writable with this meta_dir "
+            f"to resume and finalize them, or pass another meta_dir"
+        )
+
+
 def discard_unresumed(md: "MetaDir", objects: ObjectStore) -> None:
     """Before ``md`` is cleared for another volume: an unpublished working copy of another
     volume kept there is discarded, so its kept marks go too (when they are in this bucket)."""

@@ -268,3 +268,27 @@ def test_volume_gc_forgets_a_kept_copy_whose_meta_dir_is_lost(tmp_path: Path):
     assert done.code == 0, done.err
     report = done.json()
     assert report["families"][0]["kept"] == [] and report["totals"]["deleted_blocks"] == 1
+
+
+def test_a_kept_copy_is_never_lost_to_a_read_only_mount_fork_or_migration(store, tmp_path):
+    from volume.errors import VolumeStoreMismatch
+
+    meta_dir = tmp_path / "wc"
+    rw = Volume.new("guarded", bucket=store.uri.rstrip("/")).mount(
+        transport="none", meta_dir=meta_dir
+    )
+    v1 = rw.commit("v1")
+    fsync_write(rw._mount.pathfs, "/unpublished", b"u" * 4000)
+    leave_behind(rw)
+    for attempt in (
+        lambda: v1.mount(transport="none", meta_dir=meta_dir),
+        lambda: v1.fork("other", meta_dir=meta_dir),
+        lambda: v1.migrate_metadata_store_type("redis", new_meta_dir=meta_dir),
+    ):
+        with pytest.raises(VolumeStoreMismatch, match="unpublished changes of volume 'guarded'"):
+            attempt()
+    rw = rw.mount(transport="none", meta_dir=meta_dir)  # still there, resumed
+    assert rw._mount.pathfs.read_bytes("/unpublished") == b"u" * 4000
+    rw.finalize("v2")
+    with v1.mount(transport="none", meta_dir=meta_dir) as ro:  # published: free to reuse
+        assert ro._mount.pathfs.listdir("/") == []
