@@ -775,7 +775,10 @@ class _Meter:
 
     def _report(self) -> None:
         if self.callback is not None:
-            self.callback(self.done, self.total, self.unit)
+            try:
+                self.callback(self.done, self.total, self.unit)
+            except Exception:  # noqa: BLE001 - a display never fails the work it shows
+                log.debug("progress callback failed", exc_info=True)
 
     def update(self, *, done: Optional[int] = None, remaining: Optional[int] = None,
                add_total: int = 0) -> None:  # fmt: skip
