@@ -75,10 +75,12 @@ def writable_copy(version: ROVolume, where: Path) -> Path:
     return where / SQLiteMetaStore.index_filename
 
 
-def foreign_writer(index: Path, mnt: Path, bucket: str) -> None:
-    """The stock client, read-write: overwrite, truncate, delete everything, write anew."""
+def foreign_writer(index: Path | str, mnt: Path, bucket: str) -> None:
+    """The stock client, read-write: overwrite, truncate, delete everything, write anew
+    (``index``: a SQLite file, or the URL of a metadata server)."""
     mnt.mkdir()
-    juicefs("mount", f"sqlite3://{index}", str(mnt), "-d", "--no-usage-report",
+    url = index if isinstance(index, str) else f"sqlite3://{index}"
+    juicefs("mount", url, str(mnt), "-d", "--no-usage-report",
             "--bucket", bucket.rstrip("/") + "/")  # fmt: skip
     try:
         deadline = time.monotonic() + 30

@@ -8,13 +8,20 @@ import io
 import json
 import os
 import secrets
+import shutil
 import signal
+import tempfile
 from pathlib import Path
 
 import pytest
+import redis
+from volume_redis import RedisMetaStore
+from volume_redis._server import RedisServer
 
+from tests.jfsclient import SKIP_REASON, juicefs_binary
 from volume import ROVolume, Volume
-from volume.allocator import DOMAIN_BITS
+from volume.allocator import DOMAIN_BITS, FOREIGN_DOMAIN
+from volume.engine.check import check_metadata
 from volume.errors import VolumeIndexCorrupt, VolumeMigrateNoop, VolumeStoreMismatch
 from volume.index import dump
 from volume.testing.memory import MemoryObjectStore
@@ -218,3 +225,54 @@ def test_a_server_crash_fails_operations_with_eio_and_publishes_nothing(bucket: 
     with first.mount(transport="none") as ro:
         assert ro._mount.pathfs.read_bytes("/before-crash") == b"x"
         assert not ro._mount.pathfs.exists("/after-crash")
+
+
+@pytest.mark.skipif(
+    juicefs_binary() is None or not os.path.exists("/dev/fuse") or not shutil.which("fusermount3"),
+    reason=f"{SKIP_REASON}; or /dev/fuse / fusermount3 missing",
+)
+def test_the_stock_client_writing_a_copy_of_a_redis_index_cannot_hurt_the_family(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pins of a redis index (applied inside a scratch server) hold against the real client:
+    mounted read-write on a redis-server started on a copy of a published index, it overwrites,
+    truncates and deletes everything with the trash off and runs its background deletes;
+    every version still reads back, no block went, its new slices lie in the foreign lane, and
+    our metadata check passes on what it left (its new slices have no sliceRef field)."""
+    from tests.property.test_lifecycle_foreign import (
+        chunk_keys,
+        family,
+        foreign_writer,
+        reads_back,
+    )
+
+    monkeypatch.setenv("UNION_VOLUME_METADATA_STORE", "redis")
+    bucket = str(tmp_path / "bucket")
+    versions = family(bucket)
+    assert versions["c2"][0].index.format == "redis"
+    before = chunk_keys(bucket)
+    short = Path(tempfile.mkdtemp(prefix="jfsf-"))  # unix socket paths stay short
+    try:
+        shutil.copyfile(versions["c2"][0].index.path[len("file://") :], short / "meta.rdb")
+        server = RedisServer(short, "meta.rdb")
+        try:
+            with redis.Redis(unix_socket_path=server.socket) as raw:
+                setting = json.loads(raw.get("setting"))
+                raw.set("setting", json.dumps({**setting, "TrashDays": 0}, indent=1))
+                foreign_writer(f"unix://{short}/redis.sock", tmp_path / "mnt", bucket)
+                raw.save()
+        finally:
+            server.stop()
+        after = chunk_keys(bucket)
+        assert before <= after, f"the client deleted {sorted(before - after)[:5]}"
+        lanes = {int(k.rsplit("/", 1)[1].split("_")[0]) >> DOMAIN_BITS for k in after - before}
+        assert lanes == {FOREIGN_DOMAIN}
+        assert reads_back(versions, tmp_path) == dict.fromkeys(versions, True)
+        for name, (version, _) in versions.items():
+            with version.mount(transport="none", meta_dir=tmp_path / f"check-{name}") as ro:
+                assert check_metadata(ro._mount.meta) == []
+        RedisMetaStore.restore(short / "meta.rdb", tmp_path / "theirs")
+        with RedisMetaStore.open(tmp_path / "theirs", read_only=True) as meta:
+            assert check_metadata(meta) == []  # what the client left
+    finally:
+        shutil.rmtree(short, ignore_errors=True)

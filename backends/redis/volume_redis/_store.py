@@ -649,10 +649,13 @@ class RedisMetaStore(MetaStore):
         snapshot = Path(snapshot)
         with self._lock:
             self._check_usable()
-            named = None if self._read_only else set(self._named_without_refs())
+            named = None if self._read_only else set(self._named_without_refs())  # see snapshot
         with tempfile.TemporaryDirectory(prefix="volume-edit-", dir=snapshot.parent) as scratch:
             meta_dir = Path(scratch).resolve()
-            shutil.copyfile(snapshot, meta_dir / INDEX_FILENAME)
+            try:  # the server saves into a new file and renames it: the link stays as it was
+                os.link(snapshot, meta_dir / INDEX_FILENAME)
+            except OSError:
+                shutil.copyfile(snapshot, meta_dir / INDEX_FILENAME)
             server = RedisServer(meta_dir, INDEX_FILENAME, journal=False)
             try:
                 store = type(self)(meta_dir, server, read_only=False)
@@ -680,13 +683,18 @@ class RedisMetaStore(MetaStore):
     @_reads
     def snapshot(self, dest: str | Path) -> int:
         """``SAVE`` (under the store's lock: no transaction is running) and copy the RDB to
-        ``dest``, fsynced and renamed into place. A read-only store copies the RDB it loaded."""
+        ``dest``, fsynced and renamed into place. A read-only store copies the RDB it loaded.
+
+        A writable store first finds the slices chunk records name without a sliceRef field,
+        unless it knows them: :meth:`edit_snapshot` needs them as of the snapshot or earlier
+        (fields only get written later, so an older list holds every one the snapshot lacks)."""
         dest = Path(dest)
         part = dest.with_name(dest.name + ".part")
         with self._lock:
             check_not_nested(self)
             self._check_usable()
             if not self._read_only:
+                self._named_without_refs()
                 self._flush()
                 self._client.save()
             try:
