@@ -10,10 +10,9 @@ delete. After every step it checks:
 
 * live handles read back exactly their models (isolation: nothing written to one handle shows in
   another or in any version);
-* published versions mount read-only and read back exactly their models (each new version at
-  the step that published it, one older version in rotation each step, every version every
-  ``full_check_every`` steps and at teardown, or all of them every step with
-  ``check_all_versions = True``);
+* published versions mount read-only and read back exactly their models (each new version as
+  it is published, one version in rotation each step, every version every ``full_check_every``
+  steps and at teardown, or all of them every step with ``check_all_versions = True``);
 * every block key is put exactly once, with put-if-absent; each session's slice ids lie in the
   domain it claimed, and no slice id is used by two sessions; no domain is claimed twice;
 * no index, version document or ledger claim is ever deleted or written over, and no block that
@@ -76,7 +75,7 @@ from ..juicefs import block_key, iter_slice_ids, slice_blocks
 from ..model import File, ROVolume, RWVolume, Volume
 from .faults import Recorder, RecordingObjectStore, StoreEvent, wrap_lifecycle_stores
 
-__all__ = ["LifecycleMachine", "dump_of", "index_blocks", "read_tree"]
+__all__ = ["LifecycleMachine", "dump_of", "index_blocks", "meta_blocks", "read_tree"]
 
 PATHS = ("a", "b", "c", "d/x", "d/y")
 BAD_INPUTS = ("mount twice", "commit unmounted", "other store type", "corrupted index")
@@ -129,31 +128,36 @@ def index_blocks(
     also assert that the index passes the metadata check and carries its pins."""
     meta, where = _open_index(version, objects, workdir)
     try:
-        if check:
-            from ..engine.check import check_metadata
-            from ..pins import FOREIGN_CHUNK, SLICE_PIN
-
-            problems = check_metadata(meta)
-            assert not problems, f"published index {version.index.path}: {problems[:5]}"
-            with meta.transaction() as tx:
-                assert tx.get_counter("nextChunk") == FOREIGN_CHUNK, (
-                    "nextChunk not in the foreign lane"
-                )
-                low = [r for r in tx.slice_refs() if r[2] < SLICE_PIN]
-                assert not low, f"published slice counts without their pin: {low[:5]}"
-        fmt = meta.load_format()
-        block_size = fmt.BlockSize << 10
-        hash_prefix = bool(fmt.HashPrefix)
-        out: dict[str, int] = {}
-        with meta.transaction() as tx:
-            for _ino, _indx, blob in tx.iter_chunks():
-                for sid, size in iter_slice_ids(blob):
-                    for indx, bsize in slice_blocks(size, block_size):
-                        out[block_key(fmt.Name, sid, indx, bsize, hash_prefix)] = bsize
-        return out
+        return meta_blocks(meta, version.index.path if check else None)
     finally:
         meta.close()
         shutil.rmtree(where, ignore_errors=True)
+
+
+def meta_blocks(meta: Any, check: str | None = None) -> dict[str, int]:
+    """Block key -> size of every block the open metadata store ``meta`` references. With
+    ``check`` (the index's path, for messages), also assert that it passes the metadata check
+    and carries the pins of a published index."""
+    if check is not None:
+        from ..engine.check import check_metadata
+        from ..pins import FOREIGN_CHUNK, SLICE_PIN
+
+        problems = check_metadata(meta)
+        assert not problems, f"published index {check}: {problems[:5]}"
+        with meta.transaction() as tx:
+            assert tx.get_counter("nextChunk") == FOREIGN_CHUNK, "nextChunk not in the foreign lane"
+            low = [r for r in tx.slice_refs() if r[2] < SLICE_PIN]
+            assert not low, f"published slice counts without their pin: {low[:5]}"
+    fmt = meta.load_format()
+    block_size = fmt.BlockSize << 10
+    hash_prefix = bool(fmt.HashPrefix)
+    out: dict[str, int] = {}
+    with meta.transaction() as tx:
+        for _ino, _indx, blob in tx.iter_chunks():
+            for sid, size in iter_slice_ids(blob):
+                for indx, bsize in slice_blocks(size, block_size):
+                    out[block_key(fmt.Name, sid, indx, bsize, hash_prefix)] = bsize
+    return out
 
 
 def dump_of(version: Volume, objects: Any, workdir: Path) -> dict[str, Any]:
@@ -243,10 +247,11 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     #: metadata store type of new volumes (None: the first installed, sqlite when present)
     meta_store_type: ClassVar[str | None] = None
-    #: check every published version after every step (slow); else each new version and one
-    #: older version in turn, and all of them every ``full_check_every`` steps and at teardown
+    #: check every published version after every step (slow); else one version in turn (each
+    #: is checked as it is published), and all of them every ``full_check_every`` steps and at
+    #: teardown
     check_all_versions: ClassVar[bool] = False
-    full_check_every: ClassVar[int] = 20
+    full_check_every: ClassVar[int] = 25
 
     #: how often each rule did its work, over every run of this class (reported by the tests)
     totals: ClassVar[Counter[str]] = Counter()
@@ -302,8 +307,6 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.counter = 0
         self.steps = 0
         self.rotation = 0
-        self.steps_checked = 0
-        self.versions_checked = 0  # published versions already mounted by the invariant
         self.family: str | None = None
 
     def teardown(self) -> None:
@@ -387,10 +390,15 @@ class LifecycleMachine(RuleBasedStateMachine):
         owner = self.slice_owner.setdefault((family, slice_id), (ev.tag, domain))
         assert owner == (ev.tag, domain), f"slice {slice_id} used by {owner} and {ev.tag}"
 
-    def check_version(self, p: Published, *, heads: bool = False) -> None:
-        """``p`` mounts read-only and reads back exactly its model; its document is intact."""
+    def check_version(
+        self, p: Published, *, heads: bool = False, index: bool = False
+    ) -> dict[str, int]:
+        """``p`` mounts read-only and reads back exactly its model; its document is intact.
+        With ``index``: its index passes the metadata check and carries its pins; returns the
+        blocks it references (else ``{}``)."""
         with p.vol.mount(transport="none", meta_dir=self.version_dir(p)) as ro:
             got = read_tree(ro._mount.pathfs)
+            blocks = meta_blocks(ro._mount.meta, p.vol.index.path) if index else {}
         assert got == p.files, (
             f"version {p.vol.index.path} reads back {sorted(got)}, expected {sorted(p.files)}"
         )
@@ -398,6 +406,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         if heads:
             for key, size in p.blocks.items():
                 assert self.objects.head(key).size == size, f"block {key} changed size"
+        return blocks
 
     def version_dir(self, p: Published) -> Path:
         return self.workdir / "ro" / re.sub(r"[^A-Za-z0-9]", "_", p.vol.index.path)[-80:]
@@ -439,19 +448,21 @@ class LifecycleMachine(RuleBasedStateMachine):
             assert vol.parent_produced_by == expected, (
                 "a commit's parent is not the version before it"
             )
-        if fork_of is not None:
-            blocks = fork_of.blocks
-        else:
-            blocks = index_blocks(vol, self.objects, self.workdir, check=True)
-            for key, size in blocks.items():
-                assert self.objects.head(key).size == size, (
-                    f"published index references {key}, missing"
-                )
         self.check_lineage(vol)
         if links is None:
             links = fork_of.links if fork_of is not None else {}
-        p = Published(vol, dict(files), doc, blocks, dict(links))
-        self.published_blocks.update(blocks)
+        p = Published(vol, dict(files), doc, {}, dict(links))
+        # it mounts read-only and reads back its model now (and in turn at later steps)
+        if fork_of is not None:
+            self.check_version(p)
+            p.blocks = fork_of.blocks
+        else:
+            p.blocks = self.check_version(p, index=True)
+            for key, size in p.blocks.items():
+                assert self.objects.head(key).size == size, (
+                    f"published index references {key}, missing"
+                )
+        self.published_blocks.update(p.blocks)
         self.published.append(p)
         return p
 
@@ -489,19 +500,11 @@ class LifecycleMachine(RuleBasedStateMachine):
         if not self.published:
             return
         every = self.full_check_every
-        if self.check_all_versions or (every and self.steps_checked % every == every - 1):
+        self.rotation += 1
+        if self.check_all_versions or (every and self.rotation % every == 0):
             chosen = self.published
-        else:  # each new version, and one older version in turn
-            self.rotation += 1
-            chosen = {
-                id(p): p
-                for p in (
-                    *self.published[self.versions_checked :],
-                    self.published[self.rotation % len(self.published)],
-                )
-            }.values()
-        self.steps_checked += 1
-        self.versions_checked = len(self.published)
+        else:  # one version in turn (each new version was mounted when it was published)
+            chosen = [self.published[self.rotation % len(self.published)]]
         for p in chosen:
             self.check_version(p)
 
