@@ -4,8 +4,12 @@ Versions of a family share slices, but an index counts only its own references
 (``jfs_chunk_ref.refs``). A stock JuiceFS client mounting a copy of a published index read-write
 deletes the blocks of a slice whose count drops to zero, although sibling versions still read
 them, and it allocates slice ids from the index's ``nextChunk``. Before an index is uploaded,
-its staged snapshot is therefore changed, through :class:`~volume.stores.MetaTxn` only (so
-every store type gets it):
+its staged snapshot (a copy: the live store is never changed) is therefore changed, through
+:class:`~volume.stores.MetaTxn` (so every store type gets it) or, for a store that offers them,
+through two optional hooks that do the same faster: ``store.edit_snapshot(path)`` (a writable
+store over the staged file, written back on a clean exit) and ``pin_slice_refs(pin)`` on that
+store (the counts in one pass of its own; the redis store runs one script inside a scratch
+server):
 
 * every slice-reference count below :data:`SLICE_PIN` gets :data:`SLICE_PIN` added, so no
   sequence of deletes by one client reaches zero (a count already pinned stays as it is);
