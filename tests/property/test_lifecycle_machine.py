@@ -25,7 +25,8 @@ FAST = settings(
     suppress_health_check=list(HealthCheck),
 )
 LONG_STEPS = int(os.environ.get("VOLUME_LIFECYCLE_STEPS", "10000"))
-LONG = settings(FAST, max_examples=50, stateful_step_count=50, database=None)
+# the long run reports its progress after each batch of about 500 steps
+LONG = settings(FAST, max_examples=10, stateful_step_count=50, database=None)
 
 META_TYPES = plugins.names(plugins.META_STORES)
 
