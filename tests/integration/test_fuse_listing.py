@@ -11,6 +11,8 @@ import pytest
 
 from volume import Volume
 
+from .test_fuse_one_view import rw  # noqa: F401  (the fixture: a writable kernel mount)
+
 pytestmark = pytest.mark.fuse
 
 ENTRIES = 1500  # several kernel requests and several engine pages
@@ -28,16 +30,6 @@ def _counting_lookups(handle) -> list[int]:
 
     engine.lookup = counted
     return calls
-
-
-@pytest.fixture
-def rw(tmp_path: Path):
-    handle = Volume.new("listing", bucket=str(tmp_path / "bucket")).mount(
-        mount_path=tmp_path / "mnt", attr_cache=60, entry_cache=60, dir_entry_cache=60
-    )
-    yield handle, tmp_path / "mnt"
-    if handle.mounted:
-        handle.unmount()
 
 
 def test_a_long_listing_carries_attributes_the_kernel_uses(rw) -> None:
