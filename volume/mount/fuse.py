@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..engine import NOW, RENAME_EXCHANGE, ROOT, Caller, Engine
+from ..engine.posix import _TYPE_TO_IFMT as _IFMT
 from ..engine.posix import check_xattr_name, st_mode
 from ..errors import VolumeMountError, VolumeMountTimeout, VolumeSystemError
 from ..juicefs import ROOT_INODE, TYPE_DIRECTORY, Attr
@@ -1077,9 +1078,23 @@ def _pack_stat(st: Any, ino: int, attr: Attr) -> None:
     length = attr.length
     a, m, c = attr.atime_ns, attr.mtime_ns, attr.ctime_ns
     _STAT.pack_into(st, 0, *_STAT_ORDER((
-        ino, attr.nlink, st_mode(attr), attr.uid, attr.gid, attr.rdev, length, 4096,
-        (length + 511) // 512, a // _NS, a % _NS, m // _NS, m % _NS, c // _NS, c % _NS,
+        ino, attr.nlink, _IFMT[attr.type] | attr.mode, attr.uid, attr.gid, attr.rdev, length,
+        4096, (length + 511) // 512, a // _NS, a % _NS, m // _NS, m % _NS, c // _NS, c % _NS,
     )))  # fmt: skip
+
+
+if _STAT_ORDER is not None and _STAT_ORDER(tuple(range(15))) == tuple(range(15)):  # usual layout
+
+    def _pack_stat(  # noqa: F811  (the same, without the reordering)
+        st: Any, ino: int, attr: Attr, _pack: Any = _STAT.pack_into
+    ) -> None:
+        length = attr.length
+        a, m, c = attr.atime_ns, attr.mtime_ns, attr.ctime_ns
+        _pack(
+            st, 0, ino, attr.nlink, _IFMT[attr.type] | attr.mode, attr.uid, attr.gid, attr.rdev,
+            length, 4096, (length + 511) // 512, a // _NS, a % _NS, m // _NS, m % _NS, c // _NS,
+            c % _NS,
+        )  # fmt: skip
 
 
 def _fill_stat(st: Any, attrs: dict[str, int]) -> None:
