@@ -116,32 +116,6 @@ def test_writes_reach_the_server_only_as_whole_transactions(engine: Engine) -> N
     assert r.hlen(f"d{directory}") == 10
 
 
-def test_an_absent_slice_ref_field_reads_as_one_reference_as_in_juicefs(tmp_path: Path) -> None:
-    """The JuiceFS client writes no sliceRef field for a slice referenced once (the field holds
-    refs - 1): our listing and fsck read such a slice as 1 reference, and a reference dropped
-    after the listing leaves 0 (what the client's HINCRBY -1 gives)."""
-    meta = RedisMetaStore.open(tmp_path / "meta")
-    objects = LocalObjectStore(tmp_path / "bucket")
-    fmt = new_format("absent", storage="file", bucket=f"{tmp_path}/bucket/", block_size_kib=64)
-    format_volume(meta, objects, fmt)
-    engine = Engine(meta, objects)
-    PathFS(engine).write_bytes("/once", b"z" * 5000)
-    engine.close()
-    with meta.transaction() as tx:
-        ((slice_id, size, refs),) = [r for r in tx.slice_refs() if r[0]]
-    assert refs == 1
-    meta._client.hdel(b"sliceRef", b"k%d_%d" % (slice_id, size))  # as the client writes it
-    meta._reset_cache()
-    from volume.engine.check import check_metadata
-
-    assert check_metadata(meta) == []  # no "has no jfs_chunk_ref row"
-    with meta.transaction(write=True) as tx:
-        assert [r for r in tx.slice_refs() if r[0]] == [(slice_id, size, 1)]
-        assert tx.add_slice_ref(slice_id, size, 1) == 2
-        assert tx.add_slice_ref(slice_id, size, -2) == 0
-    meta.close()
-
-
 def _client_written(tmp_path: Path) -> tuple[int, int]:
     """A volume whose file ``/once`` names a slice without a sliceRef field, as the JuiceFS
     client leaves it (a slice written once); returns that slice. The store is closed, so the
@@ -159,6 +133,22 @@ def _client_written(tmp_path: Path) -> tuple[int, int]:
     assert meta._client.hdel(b"sliceRef", b"k%d_%d" % (slice_id, size)) == 1
     meta.close()
     return slice_id, size
+
+
+def test_an_absent_slice_ref_field_reads_as_one_reference_as_in_juicefs(tmp_path: Path) -> None:
+    """The JuiceFS client writes no sliceRef field for a slice referenced once (the field holds
+    refs - 1): our listing and fsck read such a slice as 1 reference, and a reference dropped
+    after the listing leaves 0 (what the client's HINCRBY -1 gives)."""
+    slice_id, size = _client_written(tmp_path)
+    meta = RedisMetaStore.open(tmp_path / "meta")
+    from volume.engine.check import check_metadata
+
+    assert check_metadata(meta) == []  # no "has no jfs_chunk_ref row"
+    with meta.transaction(write=True) as tx:
+        assert [r for r in tx.slice_refs() if r[0]] == [(slice_id, size, 1)]
+        assert tx.add_slice_ref(slice_id, size, 1) == 2
+        assert tx.add_slice_ref(slice_id, size, -2) == 0
+    meta.close()
 
 
 def test_a_reference_to_a_slice_named_without_a_field_counts_from_one(tmp_path: Path) -> None:
