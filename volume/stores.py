@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Iterator
 
+from .errors import VolumeIndexCorrupt
 from .juicefs import Attr, Format
 
 # =========================================================================== object stores
@@ -379,3 +380,17 @@ class MetaStore(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def parse_stored_format(text: str | bytes | None, *, missing: str, holder: str) -> Format:
+    """The Format a store read back, for :meth:`MetaStore.load_format`.
+
+    Raises :class:`~volume.errors.VolumeIndexCorrupt` with ``missing`` as the message when
+    ``text`` is None, and naming ``holder`` (what held it) when it is not a Format JSON object.
+    """
+    if text is None:
+        raise VolumeIndexCorrupt(missing)
+    try:
+        return Format.from_json(text)
+    except (ValueError, TypeError) as exc:
+        raise VolumeIndexCorrupt(f"{holder} is not a valid Format JSON object: {exc}") from exc

@@ -57,7 +57,7 @@ from volume.juicefs import (
     Format,
 )
 from volume.pins import FOREIGN_CHUNK
-from volume.stores import MetaStore, MetaStoreCapabilities
+from volume.stores import MetaStore, MetaStoreCapabilities, parse_stored_format
 
 from . import _codec as codec
 from . import _scripts
@@ -254,17 +254,12 @@ class RedisMetaStore(MetaStore):
         """The stored Format; VolumeIndexCorrupt when the key is missing or not a Format."""
         with self.transaction() as txn:
             text = txn._get_str(codec.SETTING)
-        if text is None:
-            raise VolumeIndexCorrupt(
-                f"the redis metadata database in {self._meta_dir} is not a formatted volume "
-                f"index: it has no 'setting' key"
-            )
-        try:
-            return Format.from_json(text)
-        except (ValueError, TypeError) as exc:
-            raise VolumeIndexCorrupt(
-                f"the 'setting' key in {self._meta_dir} is not a valid Format JSON object: {exc}"
-            ) from exc
+        return parse_stored_format(
+            text,
+            missing=f"the redis metadata database in {self._meta_dir} is not a formatted volume "
+            f"index: it has no 'setting' key",
+            holder=f"the 'setting' key in {self._meta_dir}",
+        )
 
     def save_format(self, fmt: Format) -> None:
         """Replace the stored Format."""

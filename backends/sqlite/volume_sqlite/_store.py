@@ -24,7 +24,7 @@ from volume.juicefs import (
     Attr,
     Format,
 )
-from volume.stores import MetaStore, MetaStoreCapabilities
+from volume.stores import MetaStore, MetaStoreCapabilities, parse_stored_format
 
 from ._schema import FORMAT_COUNTERS, JUICEFS_SCHEMA
 from ._txn import GET_ATTR, SQLiteTxn, _attr_from_row, translate_error
@@ -214,18 +214,12 @@ class SQLiteMetaStore(MetaStore):
 
     def load_format(self) -> Format:
         """The stored Format; VolumeIndexCorrupt when the row is missing or not a Format."""
-        text = self._stored_format()
-        if text is None:
-            raise VolumeIndexCorrupt(
-                f"{self._db_path} is not a formatted volume index: it has no jfs_setting row "
-                f"'format'"
-            )
-        try:
-            return Format.from_json(text)
-        except (ValueError, TypeError) as exc:
-            raise VolumeIndexCorrupt(
-                f"the format setting in {self._db_path} is not a valid Format JSON object: {exc}"
-            ) from exc
+        return parse_stored_format(
+            self._stored_format(),
+            missing=f"{self._db_path} is not a formatted volume index: it has no jfs_setting "
+            f"row 'format'",
+            holder=f"the format setting in {self._db_path}",
+        )
 
     def save_format(self, fmt: Format) -> None:
         """Replace the stored Format (written exactly as JuiceFS writes it)."""
