@@ -46,12 +46,12 @@ from typing import TYPE_CHECKING, Any, Iterator
 from fsspec import AbstractFileSystem
 from fsspec.utils import stringify_path
 
+from . import keys
 from .engine import PathFS, StatResult
 from .engine.posix import fs_error
 from .errors import (
     ObjectNotFound,
     VolumeError,
-    VolumeIndexCorrupt,
     VolumeNoIndex,
     VolumeReadOnly,
     VolumeUsageError,
@@ -553,7 +553,7 @@ class VolumeFileSystem(AbstractFileSystem):
 
 # --------------------------------------------------------------------------- versions by locator
 
-_VERSIONS_MARK = "/_volume/versions/"
+_VERSIONS_MARK = keys.versions_prefix("")  # "/_volume/versions/", after the family name
 
 
 def _split_locator(uri: str) -> tuple[str, str]:
@@ -637,7 +637,7 @@ def open_index(version: "ROVolume") -> Iterator[tuple["MetaStore", "ObjectStore"
 
 def _stage(version: "ROVolume") -> tuple[Any, "ObjectStore", Path]:
     from . import plugins
-    from .lifecycle import _key_of, _sha256, object_store
+    from .lifecycle import fetch_index, object_store
 
     index = version.index
     if index is None:
@@ -647,14 +647,7 @@ def _stage(version: "ROVolume") -> tuple[Any, "ObjectStore", Path]:
     tmp = Path(tempfile.mkdtemp(prefix="volume-read-"))
     try:
         download = tmp / "download"
-        try:
-            objects.get_file(_key_of(objects, index.path), download)
-        except ObjectNotFound:
-            raise VolumeIndexCorrupt(
-                f"the index {index.path} of volume {version.name!r} does not exist"
-            ) from None
-        if index.hash and _sha256(download) != index.hash:
-            raise VolumeIndexCorrupt(f"the index {index.path} does not match its hash {index.hash}")
+        fetch_index(version, objects, download)  # every index form a mount reads; hash checked
         store_cls.restore(download, tmp / "meta")
         download.unlink()
     except BaseException:
