@@ -796,6 +796,29 @@ def test_a_locator_is_a_uri_or_a_path_and_bad_ones_are_typed_errors(locator: str
         VolumeFileSystem()
 
 
+def test_a_tampered_or_missing_index_is_refused_and_leaves_nothing(locator: str):
+    """Read by locator, an index is fetched and checked as a mount does: a changed byte or a
+    missing index raises VolumeIndexCorrupt and no temporary copy is left behind."""
+    import json
+
+    from volume.errors import VolumeIndexCorrupt
+
+    document = Path(locator[len("file://") :])
+    index = document.parent / Path(json.loads(document.read_text())["index"]["path"]).name
+    assert index.is_file()
+    data = bytearray(index.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    index.chmod(0o644)
+    before = _read_dirs()
+    index.write_bytes(bytes(data))
+    with pytest.raises(VolumeIndexCorrupt, match="hash"):
+        fsspec.filesystem("volume", locator=locator, skip_instance_cache=True)
+    index.unlink()
+    with pytest.raises(VolumeIndexCorrupt, match="does not exist"):
+        fsspec.filesystem("volume", locator=locator, skip_instance_cache=True)
+    assert _read_dirs() - before == set()
+
+
 def test_pandas_and_pyarrow_read_straight_from_a_version(tmp_path: Path):
     import pandas as pd
     import pyarrow as pa
