@@ -6,6 +6,7 @@ JuiceFS blocks, so the JuiceFS client can mount our versions and we can mount it
 
 from . import errors, plugins
 from .errors import *  # noqa: F401,F403  (the error types are part of the public API)
+from .lifecycle import Progress, reporting_progress
 from .model import ActionRef, File, ROVolume, RWVolume, Volume
 
 try:
@@ -18,10 +19,12 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 __all__ = [
     "ActionRef",
     "File",
+    "Progress",
     "ROVolume",
     "RWVolume",
     "Volume",
     "errors",
     "plugins",
+    "reporting_progress",
     *errors.__all__,
 ]
