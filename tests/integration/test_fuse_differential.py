@@ -34,7 +34,7 @@ from volume_sqlite import SQLiteMetaStore
 pytestmark = pytest.mark.fuse
 
 QUICK = settings(
-    max_examples=300,
+    max_examples=150,
     stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

@@ -30,7 +30,7 @@ class RedisFuseMachine(FuseMachine):
 
 
 TestRedisFuseDifferential = RedisFuseMachine.TestCase
-TestRedisFuseDifferential.settings = settings(QUICK, max_examples=60)
+TestRedisFuseDifferential.settings = settings(QUICK, max_examples=30)
 
 
 @pytest.mark.slow
