@@ -166,18 +166,35 @@ def test_finalize_waits_for_a_busy_mount_read_only_then_unmounts(tmp_path: Path)
             rw.unmount()
 
 
+def _sit_in(directory: Path, before: str = "", then: str = "") -> subprocess.Popen:
+    """A process whose working directory is ``directory`` (it keeps a mount busy): it says
+    ``in``, waits for a line, runs ``before``, tries to create ``late`` (printing the errno when
+    that fails), then runs ``then``."""
+    script = (
+        "import sys, os\nprint('in', flush=True)\nsys.stdin.readline()\n" + before + "\n"
+        "try:\n open('late', 'w').write('x')\nexcept OSError as e:\n print(e.errno, flush=True)\n"
+        + then
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", script], cwd=directory, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def _wait_gone(mnt: Path) -> None:
+    """Wait until ``mnt`` is unmounted and its mount point removed (so nothing landed in the
+    bare directory)."""
+    deadline = time.monotonic() + 15
+    while fuse_mod._mount_at(mnt) is not None or mnt.exists():
+        assert time.monotonic() < deadline, f"{mnt} was never unmounted"
+        time.sleep(0.1)
+
+
 def test_a_mount_busy_past_the_timeout_is_aborted_never_lazily_unmounted(tmp_path: Path) -> None:
     mnt = tmp_path / "mnt"
     rw = Volume.new("stuck", bucket=str(tmp_path / "bucket")).mount(mount_path=mnt)
     (mnt / "d").mkdir()
-    # a process whose working directory is inside the mount keeps it busy
-    sitter = subprocess.Popen(
-        [sys.executable, "-c", "import sys, os; print('in', flush=True); sys.stdin.readline();"
-         "print(os.listdir('.'), flush=True)\ntry:\n open('late', 'w').write('x')\n"
-         "except OSError as e: print(e.errno, flush=True)"],
-        cwd=mnt / "d", stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True,
-    )  # fmt: skip
+    sitter = _sit_in(mnt / "d", before="print(os.listdir('.'), flush=True)")
     try:
         assert sitter.stdout.readline().strip() == "in"
         rw.finalize("stuck", timeout=2)
@@ -186,11 +203,7 @@ def test_a_mount_busy_past_the_timeout_is_aborted_never_lazily_unmounted(tmp_pat
         out = sitter.stdout.read()
         sitter.wait(timeout=30)
         assert str(errno.ENOTCONN) in out or "ENOTCONN" in out or "Transport" in out, out
-        deadline = time.monotonic() + 15  # its user left: the dead mount is unmounted
-        while fuse_mod._mount_at(mnt) is not None or mnt.exists():
-            # unmounted, then its mount point removed: nothing landed in the bare directory
-            assert time.monotonic() < deadline, "the aborted mount was never unmounted"
-            time.sleep(0.1)
+        _wait_gone(mnt)  # its user left: the dead mount is unmounted
     finally:
         sitter.kill()
         sitter.wait()
@@ -257,13 +270,7 @@ def test_without_root_a_busy_mount_stays_mounted_until_its_user_leaves(
     mnt = tmp_path / "mnt"
     rw = Volume.new("stuck", bucket=str(tmp_path / "bucket")).mount(mount_path=mnt)
     (mnt / "d").mkdir()
-    sitter = subprocess.Popen(
-        [sys.executable, "-c", "import sys, os; print('in', flush=True); sys.stdin.readline();"
-         "\ntry:\n open('late', 'w').write('x')\nexcept OSError as e: print(e.errno, flush=True)"
-         "\nsys.stdin.readline()"],
-        cwd=mnt / "d", stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True,
-    )  # fmt: skip
+    sitter = _sit_in(mnt / "d", then="sys.stdin.readline()")
     try:
         assert sitter.stdout.readline().strip() == "in"
         monkeypatch.setattr(fuse_mod.os, "geteuid", lambda: 1000)
@@ -276,10 +283,7 @@ def test_without_root_a_busy_mount_stays_mounted_until_its_user_leaves(
         sitter.stdin.write("bye\n")
         sitter.stdin.flush()
         sitter.wait(timeout=30)
-        deadline = time.monotonic() + 15  # its user left: the mount is unmounted in the background
-        while fuse_mod._mount_at(mnt) is not None or mnt.exists():
-            assert time.monotonic() < deadline, "the busy mount was never unmounted"
-            time.sleep(0.1)
+        _wait_gone(mnt)  # its user left: the mount is unmounted in the background
     finally:
         sitter.kill()
         sitter.wait()
