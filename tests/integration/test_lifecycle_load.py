@@ -8,6 +8,7 @@ mount point removed, ENOENT), and nothing is ever written into the bare mount-po
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import subprocess
@@ -15,6 +16,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 
@@ -190,13 +192,29 @@ def _wait_gone(mnt: Path) -> None:
         time.sleep(0.1)
 
 
-def test_a_mount_busy_past_the_timeout_is_aborted_never_lazily_unmounted(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _busy_mount(tmp_path: Path, **script: str) -> Iterator[tuple[Any, Path, subprocess.Popen]]:
+    """``(rw, mount path, sitter)``: a writable kernel mount kept busy by a :func:`_sit_in`
+    process (``script``: its ``before``/``then``) working in its directory ``d``; cleaned up
+    however the test ends."""
     mnt = tmp_path / "mnt"
     rw = Volume.new("stuck", bucket=str(tmp_path / "bucket")).mount(mount_path=mnt)
     (mnt / "d").mkdir()
-    sitter = _sit_in(mnt / "d", before="print(os.listdir('.'), flush=True)")
+    sitter = _sit_in(mnt / "d", **script)
     try:
         assert sitter.stdout.readline().strip() == "in"
+        yield rw, mnt, sitter
+    finally:
+        sitter.kill()
+        sitter.wait()
+        if rw.mounted:
+            rw.unmount()
+        subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True, check=False)
+
+
+def test_a_mount_busy_past_the_timeout_is_aborted_never_lazily_unmounted(tmp_path: Path) -> None:
+    listing = "print(os.listdir('.'), flush=True)"
+    with _busy_mount(tmp_path, before=listing) as (rw, mnt, sitter):
         rw.finalize("stuck", timeout=2)
         sitter.stdin.write("go\n")
         sitter.stdin.flush()
@@ -204,12 +222,6 @@ def test_a_mount_busy_past_the_timeout_is_aborted_never_lazily_unmounted(tmp_pat
         sitter.wait(timeout=30)
         assert str(errno.ENOTCONN) in out or "ENOTCONN" in out or "Transport" in out, out
         _wait_gone(mnt)  # its user left: the dead mount is unmounted
-    finally:
-        sitter.kill()
-        sitter.wait()
-        if rw.mounted:
-            rw.unmount()
-        subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True, check=False)
 
 
 def test_commit_and_finalize_honour_timeout_and_leave_the_mount_intact(
@@ -267,12 +279,7 @@ def test_without_root_a_busy_mount_stays_mounted_until_its_user_leaves(
 ) -> None:
     """Only root may abort a FUSE connection: a non-root mount still busy at the timeout stays
     mounted and frozen (never detached lazily), and is unmounted as soon as its user leaves."""
-    mnt = tmp_path / "mnt"
-    rw = Volume.new("stuck", bucket=str(tmp_path / "bucket")).mount(mount_path=mnt)
-    (mnt / "d").mkdir()
-    sitter = _sit_in(mnt / "d", then="sys.stdin.readline()")
-    try:
-        assert sitter.stdout.readline().strip() == "in"
+    with _busy_mount(tmp_path, then="sys.stdin.readline()") as (rw, mnt, sitter):
         monkeypatch.setattr(fuse_mod.os, "geteuid", lambda: 1000)
         rw.finalize("stuck", timeout=1)
         assert fuse_mod._mount_at(mnt) is not None, "a busy mount was detached"
@@ -284,7 +291,3 @@ def test_without_root_a_busy_mount_stays_mounted_until_its_user_leaves(
         sitter.stdin.flush()
         sitter.wait(timeout=30)
         _wait_gone(mnt)  # its user left: the mount is unmounted in the background
-    finally:
-        sitter.kill()
-        sitter.wait()
-        subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True, check=False)
