@@ -102,6 +102,17 @@ class ObjectStore(ABC):
             return False
         return True
 
+    def get_into(self, key: str, start: int, buffer: memoryview) -> int:
+        """Read the object's bytes from ``start`` into ``buffer`` (a writable byte view), up to
+        its length; returns how many were read (fewer only at the object's end).
+
+        The default copies what :meth:`get` returns; a store that can read into memory it is
+        given (the local store: one ``preadv``) overrides it and saves that copy.
+        """
+        data = self.get(key, start, start + len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
     def get_file(self, key: str, path: str | Path) -> int:
         """Download the object into a local file (atomically); returns its size."""
         import secrets

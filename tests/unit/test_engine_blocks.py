@@ -179,3 +179,55 @@ def test_a_two_block_buffer_keeps_two_uploads_in_flight(tmp_path: Path) -> None:
     assert fs.read_bytes("/f") == data
     engine.close()
     meta.close()
+
+
+@pytest.mark.parametrize("kind", ["local", "memory"])
+def test_reading_into_a_buffer_gives_what_read_returns(tmp_path: Path, kind: str) -> None:
+    """``read_into`` (the FUSE layer's read) against ``read`` over holes, a short tail, blocks
+    still pending, stored blocks and a chunk boundary, on a store that reads into the buffer
+    itself (local) and one that uses the default copy (memory); nothing past the answer is
+    touched."""
+    import random
+
+    from volume.juicefs import CHUNK_SIZE
+    from volume.testing.memory import MemoryObjectStore
+
+    if kind == "local":
+        objects = GatedStore(tmp_path / "bucket")
+    else:
+        MemoryObjectStore.reset("read-into")
+        objects = MemoryObjectStore("read-into")
+    meta = SQLiteMetaStore.open(tmp_path / "meta")
+    fmt = new_format("into", storage="file", bucket=f"{tmp_path}/bucket/", block_size_kib=64)
+    if kind == "local":
+        objects.gate.set()  # formatting stores objects too
+    format_volume(meta, objects, fmt)
+    engine = Engine(meta, objects)
+    if kind == "local":
+        objects.gate.clear()
+    fs = PathFS(engine)
+    rng = random.Random(7)
+    size = CHUNK_SIZE + 5 * BLOCK + 123
+    fd = fs.open("/f", os.O_RDWR | os.O_CREAT)
+    written = (0, 3 * BLOCK + 5, CHUNK_SIZE - BLOCK, size - 300)  # holes between the writes
+    for off in written:
+        fs.write(fd, rng.randbytes(2 * BLOCK if off < size - 300 else 300), off)
+    fh = fs._file(fd).fh
+    for step in range(60):
+        if step == 30 and kind == "local":
+            assert engine.blocks.stats.cache_hits > 0  # pending
+            objects.gate.set()  # the first half reads pending blocks, the rest stored ones
+            engine.drain()
+        offset = max(0, rng.choice(written) + rng.randrange(-BLOCK, 3 * BLOCK))
+        room = rng.choice([1, 100, BLOCK, 3 * BLOCK + 7, 1 << 20])
+        expected = fs.read(fd, room, offset)
+        buffer = bytearray(b"\xee" * (room + 5))
+        n = engine.read_into(fh, offset, memoryview(buffer)[:room])
+        assert n == len(expected)
+        assert buffer[:n] == expected
+        assert buffer[n:] == b"\xee" * (room + 5 - n)
+    if kind == "local":
+        objects.gate.set()
+    fs.close(fd)
+    engine.close()
+    meta.close()

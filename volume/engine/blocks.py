@@ -410,6 +410,20 @@ class BlockStore:
 
     # ------------------------------------------------------------------ reads
 
+    def read_into(
+        self, slice_id: int, size: int, off: int, into: memoryview, *, inode: int = 0
+    ) -> None:
+        """Bytes [off, off+len(into)) of slice ``slice_id`` into ``into`` (as :meth:`read`,
+        without building a ``bytes``: a local store reads straight into it)."""
+        bs = self.block_bytes
+        length = len(into)
+        pos = 0
+        for indx in range(off // bs, (off + length - 1) // bs + 1):
+            start = max(off - indx * bs, 0)
+            n = min(self._bsize(size, indx) - start, length - pos)
+            self._block_part(slice_id, size, indx, start, n, inode, into[pos : pos + n])
+            pos += n
+
     def read(self, slice_id: int, size: int, off: int, length: int, *, inode: int = 0) -> bytes:
         """Bytes [off, off+length) of slice ``slice_id`` (whose object size is ``size``).
 
@@ -421,12 +435,7 @@ class BlockStore:
         if first == last:
             return self._block_part(slice_id, size, first, off - first * bs, length, inode)
         out = bytearray(length)
-        pos = 0
-        for indx in range(first, last + 1):
-            start = max(off - indx * bs, 0)
-            n = min(self._bsize(size, indx) - start, length - pos)
-            out[pos : pos + n] = self._block_part(slice_id, size, indx, start, n, inode)
-            pos += n
+        self.read_into(slice_id, size, off, memoryview(out), inode=inode)
         return bytes(out)
 
     @property
@@ -446,9 +455,17 @@ class BlockStore:
             self._fetch_future(key, self._bsize(size, indx))
 
     def _block_part(
-        self, slice_id: int, size: int, indx: int, start: int, n: int, inode: int
+        self,
+        slice_id: int,
+        size: int,
+        indx: int,
+        start: int,
+        n: int,
+        inode: int,
+        into: memoryview | None = None,
     ) -> bytes:
-        """Bytes [start, start+n) of one block."""
+        """Bytes [start, start+n) of one block: returned, or copied into ``into`` (``n`` bytes
+        long; then the return value is empty)."""
         bsize = self._bsize(size, indx)
         key = self.key(slice_id, indx, bsize)
         if key in self._pending:
@@ -456,32 +473,39 @@ class BlockStore:
                 data = self._pending.get(key)
                 if data is not None:
                     self.stats.cache_hits += 1
-                    return bytes(memoryview(data)[start : start + n])
+                    return _part(memoryview(data), start, n, into, copy=True)
         try:
             if self._direct:
-                return self._read_direct(key, bsize, start, n)
+                return self._read_direct(key, bsize, start, n, into)
             data = self._cached(key)
             if data is not None:
                 self.stats.cache_hits += 1
-                return data[start : start + n] if (start, n) != (0, len(data)) else data
-            data = self._fetch_future(key, bsize).result()
+            else:
+                data = self._fetch_future(key, bsize).result()
         except OSError as exc:
             log.error("inode %d: cannot read block %s: %s", inode, key, exc)
             raise OSError(errno.EIO, f"block {key} of inode {inode}: {exc}") from exc
-        return data[start : start + n] if (start, n) != (0, len(data)) else data
+        return _part(data, start, n, into)
 
-    def _read_direct(self, key: str, bsize: int, start: int, n: int) -> bytes:
-        """A ranged read in the calling thread; each block's size is checked once."""
+    def _read_direct(
+        self, key: str, bsize: int, start: int, n: int, into: memoryview | None
+    ) -> bytes:
+        """A ranged read in the calling thread (into ``into`` when given); each block's size is
+        checked once."""
         try:
             if key not in self._verified:
                 actual = self.objects.head(key).size
                 if actual != bsize:
                     raise OSError(errno.EIO, f"block {key} has {actual} bytes, expected {bsize}")
                 self._verified.add(key)
-            data = self.objects.get(key, start, start + n)
+            if into is None:
+                data = self.objects.get(key, start, start + n)
+                got = len(data)
+            else:
+                data, got = b"", self.objects.get_into(key, start, into)
         except ObjectNotFound as exc:
             raise OSError(errno.EIO, f"block {key} is missing") from exc
-        if len(data) != n:
+        if got != n:
             raise OSError(errno.EIO, f"block {key} is shorter than {start + n} bytes")
         self.stats.fetches += 1
         self.stats.fetch_bytes += n
@@ -528,3 +552,16 @@ class BlockStore:
         self._uploader.shutdown(wait=wait, cancel_futures=not wait)
         self._reader.shutdown(wait=wait, cancel_futures=not wait)
         self._spares.clear()
+
+
+def _part(
+    data: bytes | memoryview, start: int, n: int, into: memoryview | None, *, copy: bool = False
+) -> bytes:
+    """Bytes [start, start+n) of a block held in memory: copied into ``into`` (returning b""),
+    else returned (a copy when ``copy``: the buffer may be reused once the caller lets go)."""
+    if into is not None:
+        into[:] = memoryview(data)[start : start + n]
+        return b""
+    if copy:
+        return bytes(memoryview(data)[start : start + n])
+    return data[start : start + n] if (start, n) != (0, len(data)) else bytes(data)

@@ -49,6 +49,8 @@ from .writer import FileWriter, SliceWriter
 
 log = logging.getLogger("volume.engine")
 
+_ZEROS = memoryview(bytes(1 << 20))  # what a hole reads as, a piece at a time
+
 
 @dataclass
 class OpenInode:
@@ -330,6 +332,41 @@ class FileOps:
 
     def read(self, fh: int, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes at ``offset`` (fewer at the end of the file)."""
+        ino, parts = self._read_pieces(fh, offset, size)
+        if len(parts) == 1:
+            length, piece = parts[0]
+            if piece is not None and piece.id:
+                return self.blocks.read(piece.id, piece.size, piece.off, length, inode=ino)
+            return bytes(length)
+        out = bytearray(sum(length for length, _ in parts))
+        self._read_parts(ino, parts, memoryview(out))
+        return bytes(out)
+
+    def read_into(self, fh: int, offset: int, into: memoryview) -> int:
+        """As :meth:`read` of ``len(into)`` bytes, copied into ``into``; returns how many (the
+        FUSE layer reads straight into libfuse's reply buffer this way)."""
+        ino, parts = self._read_pieces(fh, offset, len(into))
+        n = sum(length for length, _ in parts)
+        self._read_parts(ino, parts, into[:n])
+        return n
+
+    def _read_parts(self, ino: int, parts: list[tuple[int, Piece | None]], out: memoryview) -> None:
+        pos = 0
+        for length, piece in parts:
+            if piece is not None and piece.id:
+                self.blocks.read_into(piece.id, piece.size, piece.off, out[pos : pos + length],
+                                      inode=ino)  # fmt: skip
+            else:  # a hole
+                for at in range(pos, pos + length, len(_ZEROS)):
+                    step = min(len(_ZEROS), pos + length - at)
+                    out[at : at + step] = _ZEROS[:step]
+            pos += length
+
+    def _read_pieces(
+        self, fh: int, offset: int, size: int
+    ) -> tuple[int, list[tuple[int, Piece | None]]]:
+        """The inode of an open handle and the pieces ``(length, piece-or-None)`` of up to
+        ``size`` bytes at ``offset``; starts readahead when the reads are sequential."""
         h = self._handle(fh)
         if h.flags & os.O_ACCMODE == os.O_WRONLY:
             raise fs_error(errno.EBADF)
@@ -341,7 +378,7 @@ class FileOps:
                 self._flush_locked(oi)
             end = min(offset + size, oi.length)
             if offset >= end:
-                return b""
+                return oi.ino, []
             parts = list(self._pieces(oi, offset, end))
             sequential = offset == oi.seq_end
             oi.seq_end = end
@@ -353,20 +390,7 @@ class FileOps:
         for _, piece in ahead:
             if piece is not None and piece.id:
                 self.blocks.prefetch(piece.id, piece.size, piece.off, piece.length)
-        if len(parts) == 1:
-            length, piece = parts[0]
-            if piece is not None and piece.id:
-                return self.blocks.read(piece.id, piece.size, piece.off, length, inode=oi.ino)
-            return bytes(length)
-        out = bytearray(end - offset)
-        pos = 0
-        for length, piece in parts:
-            if piece is not None and piece.id:
-                out[pos : pos + length] = self.blocks.read(
-                    piece.id, piece.size, piece.off, length, inode=oi.ino
-                )
-            pos += length
-        return bytes(out)
+        return oi.ino, parts
 
     def _pieces(self, oi: OpenInode, start: int, end: int) -> Iterator[tuple[int, Piece | None]]:
         """``(length, piece-or-None)`` covering file bytes [start, end); None reads zeros."""

@@ -178,6 +178,26 @@ class ObjectStoreTests:
         store.put(KEY, data)
         assert store.get(KEY, start, end) == data[expected]
 
+    @pytest.mark.parametrize(
+        ("start", "room", "expected"),
+        [(0, 100, slice(0, 100)), (10, 20, slice(10, 30)), (90, 30, slice(90, 100)),
+         (100, 10, slice(0, 0)), (150, 10, slice(0, 0)), (5, 0, slice(0, 0))],
+    )  # fmt: skip
+    def test_reads_into_a_buffer(
+        self, store: ObjectStore, start: int, room: int, expected: slice
+    ) -> None:
+        data = payload(100)
+        store.put(KEY, data)
+        buffer = bytearray(b"\xee" * (room + 3))
+        n = store.get_into(KEY, start, memoryview(buffer)[:room])
+        assert n == len(data[expected])
+        assert buffer[:n] == data[expected]
+        assert buffer[n:] == b"\xee" * (room + 3 - n)  # nothing past what was read is touched
+        with pytest.raises(ObjectNotFound):
+            store.get_into("no/such/key", 0, memoryview(buffer))
+        with pytest.raises(VolumeValidationError):
+            store.get_into(KEY, -1, memoryview(buffer))
+
     @pytest.mark.parametrize(("start", "end"), [(-1, None), (-1, 5), (10, 5)])
     def test_invalid_ranges_are_refused(
         self, store: ObjectStore, start: int, end: int | None
