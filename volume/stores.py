@@ -102,6 +102,11 @@ class ObjectStore(ABC):
             return False
         return True
 
+    def will_read(self, key: str) -> None:
+        """A hint that the object will be read soon (the engine gives it for the blocks ahead of
+        a sequential reader). The default does nothing; the local store asks the kernel to read
+        the file into the page cache in the background. Never fails for a missing object."""
+
     def get_into(self, key: str, start: int, buffer: memoryview) -> int:
         """Read the object's bytes from ``start`` into ``buffer`` (a writable byte view), up to
         its length; returns how many were read (fewer only at the object's end).

@@ -231,3 +231,41 @@ def test_reading_into_a_buffer_gives_what_read_returns(tmp_path: Path, kind: str
     fs.close(fd)
     engine.close()
     meta.close()
+
+
+class HintedStore(LocalObjectStore):
+    """A local store that records the read-ahead hints it is given."""
+
+    def __init__(self, root: Path):
+        super().__init__(root)
+        self.hints: list[str] = []
+
+    def will_read(self, key: str) -> None:
+        self.hints.append(key)
+        super().will_read(key)
+
+
+def test_a_sequential_reader_has_the_next_blocks_read_ahead_once(tmp_path: Path) -> None:
+    """A local store is asked to read ahead the blocks past a sequential reader (the disk
+    otherwise waits for each block in turn), each block once; a random reader gives no hint."""
+    objects = HintedStore(tmp_path / "bucket")
+    meta = SQLiteMetaStore.open(tmp_path / "meta")
+    fmt = new_format("ahead", storage="file", bucket=f"{tmp_path}/bucket/", block_size_kib=64)
+    format_volume(meta, objects, fmt)
+    engine = Engine(meta, objects, readahead_blocks=2)
+    fs = PathFS(engine)
+    data = os.urandom(8 * BLOCK)
+    fs.write_bytes("/f", data)
+    engine.drain()
+    fd = fs.open("/f")
+    assert fs.read(fd, 1000, 5 * BLOCK) == data[5 * BLOCK : 5 * BLOCK + 1000]  # not sequential
+    assert objects.hints == []
+    got = b"".join(fs.read(fd, BLOCK // 2, off) for off in range(0, 8 * BLOCK, BLOCK // 2))
+    assert got == data
+    keys = sorted(set(objects.hints))
+    assert len(keys) == len(objects.hints), "a block was hinted twice"
+    assert len(keys) == 7  # every block but the first, ahead of the reader
+    assert all(k.rsplit("_", 2)[1] != "0" for k in keys)
+    fs.close(fd)
+    engine.close()
+    meta.close()

@@ -34,6 +34,7 @@ DRAIN_ROUNDS = 3  # rounds of retries of failed uploads in one drain
 RETRY_INTERVAL = 0.25  # seconds between retries of failed uploads while writers wait
 LOCAL_UPLOAD_WORKERS = 4
 WRITTEN_CACHE_BYTES = 16 << 20  # just-stored blocks kept in memory (at most cache_bytes)
+HINTED_KEYS = 64  # blocks remembered as already read ahead (local stores), oldest forgotten
 
 
 @dataclass
@@ -129,10 +130,12 @@ class BlockStore:
         self._max_spares = 2 * upload_workers
         self._reader = ThreadPoolExecutor(read_workers, thread_name_prefix="volume-read")
         self._fetching: dict[str, Future[bytes]] = {}
-        # Local stores are read in place, range by range: the page cache is their block cache,
-        # and large buffers filled by worker threads cost more than the read itself.
+        # Local stores are read in place, range by range: the page cache is their block cache
+        # (filled ahead of a sequential reader by will_read hints), and large buffers filled by
+        # worker threads cost more than the read itself.
         self._direct = objects.capabilities.local
         self._verified: set[str] = set()
+        self._hinted: dict[str, None] = {}  # blocks a local store was asked to read ahead
         self._fetch_lock = threading.Lock()
         self._closed = False
 
@@ -438,21 +441,23 @@ class BlockStore:
         self.read_into(slice_id, size, off, memoryview(out), inode=inode)
         return bytes(out)
 
-    @property
-    def prefetches(self) -> bool:
-        """Whether :meth:`prefetch` does anything (not for local stores, whose reads are served
-        by the page cache)."""
-        return not self._direct
-
     def prefetch(self, slice_id: int, size: int, off: int, length: int) -> None:
-        """Start fetching the blocks holding [off, off+length) in the background."""
-        if self._direct:
-            return
+        """Start fetching the blocks holding [off, off+length) in the background (for a local
+        store: ask it to read their files ahead, once per block)."""
         for indx in self.block_range(size, off, length):
             key = self.key(slice_id, indx, self._bsize(size, indx))
-            if self._cached(key) is not None or key in self._pending:
+            if key in self._pending:
                 continue
-            self._fetch_future(key, self._bsize(size, indx))
+            if self._direct:
+                if key in self._hinted:
+                    continue
+                with self._fetch_lock:
+                    self._hinted[key] = None
+                    if len(self._hinted) > HINTED_KEYS:
+                        del self._hinted[next(iter(self._hinted))]
+                self.objects.will_read(key)
+            elif self._cached(key) is None:
+                self._fetch_future(key, self._bsize(size, indx))
 
     def _block_part(
         self,

@@ -382,7 +382,7 @@ class FileOps:
             parts = list(self._pieces(oi, offset, end))
             sequential = offset == oi.seq_end
             oi.seq_end = end
-            if sequential and self.readahead_bytes and self.blocks.prefetches:
+            if sequential and self.readahead_bytes:
                 ahead = list(self._pieces(oi, end, min(end + self.readahead_bytes, oi.length)))
             else:
                 ahead = []

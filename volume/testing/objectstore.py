@@ -198,6 +198,12 @@ class ObjectStoreTests:
         with pytest.raises(VolumeValidationError):
             store.get_into(KEY, -1, memoryview(buffer))
 
+    def test_a_read_hint_never_fails(self, store: ObjectStore) -> None:
+        store.will_read("no/such/key")  # a hint: a missing object fails when it is read
+        store.put(KEY, payload(100))
+        store.will_read(KEY)
+        assert store.get(KEY) == payload(100)
+
     @pytest.mark.parametrize(("start", "end"), [(-1, None), (-1, 5), (10, 5)])
     def test_invalid_ranges_are_refused(
         self, store: ObjectStore, start: int, end: int | None
