@@ -9,6 +9,8 @@ the server they measure, and the server's CPU seconds are its process's.
   options: reads return zeros, writes are dropped (only sizes are kept). Its big-file rows are
   the ceiling of a pure-Python FUSE server here.
 - :class:`JuiceFSServer`: the JuiceFS client over SQLite and a local bucket, in the foreground.
+- :class:`BucketFiles`: no server, the bucket's file system written and read directly: the
+  bound of any mount's data path over a local bucket.
 """
 
 from __future__ import annotations
@@ -88,8 +90,15 @@ class NullServer(_Child):
         self._spawn("null")
 
 
+#: The client's mount serves extended attributes, as a volume's writable mount does. Without it
+#: (its default) the client answers the first getxattr with ENOSYS and the kernel stops asking:
+#: ``ls -l`` then skips two round trips per name that our mount serves.
+XATTRS = [] if os.environ.get("VOLUME_BENCH_JUICEFS_XATTR", "1") == "0" else ["--enable-xattr"]
+
+
 class JuiceFSServer(_Child):
-    """``juicefs format`` + ``juicefs mount`` (foreground: the mount's process is ours)."""
+    """``juicefs format`` + ``juicefs mount --enable-xattr`` (foreground: the mount's process is
+    ours)."""
 
     name = "juicefs"
 
@@ -110,7 +119,7 @@ class JuiceFSServer(_Child):
         )  # fmt: skip
         self.log = open(root / "juicefs.log", "wb")
         self.proc = subprocess.Popen(
-            [binary, "mount", meta, str(self.mount), "--no-usage-report",
+            [binary, "mount", meta, str(self.mount), "--no-usage-report", *XATTRS,
              "--cache-dir", str(root / "cache"), "--log", str(root / "mount.log")],
             stdout=subprocess.PIPE, stderr=self.log, env=env,
         )  # fmt: skip
@@ -127,6 +136,75 @@ class JuiceFSServer(_Child):
             subprocess.run(["fusermount3", "-u", "-z", str(self.mount)], check=False)
         super().stop()
         self.log.close()
+
+
+class BucketFiles:
+    """No server: what the bucket's file system itself gives a writer and a reader of the same
+    bytes as our local store writes them (new 4 MiB files, from as many threads as its upload
+    pool) and reads them (each file read ahead). The data path of a mount cannot be faster than
+    this, so our big-file rows are reported as a fraction of it too, where it is below the
+    do-nothing server."""
+
+    name = "bucket"
+    pid = None
+    FILE = 4 << 20
+
+    def __init__(self, root: Path):
+        self.mount = root / "files"
+        self.mount.mkdir(parents=True)
+
+    def measure(self, total: int) -> dict[str, float]:
+        """MiB/s writing and then reading ``total`` bytes, caches dropped in between."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from volume.bench import drop_caches
+        from volume.engine.blocks import LOCAL_UPLOAD_WORKERS
+
+        data = os.urandom(self.FILE)
+        names = [self.mount / f"b{i}" for i in range(max(1, total // self.FILE))]
+
+        def write(path: Path) -> None:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+
+        buffer = bytearray(1 << 20)
+
+        def read_all() -> None:
+            view = memoryview(buffer)
+            for i, path in enumerate(names):
+                if i + 1 < len(names):  # the next file read ahead, as the engine hints it
+                    ahead = os.open(names[i + 1], os.O_RDONLY)
+                    os.posix_fadvise(ahead, 0, 0, os.POSIX_FADV_WILLNEED)
+                    os.close(ahead)
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    while os.readv(fd, [view]):
+                        pass
+                finally:
+                    os.close(fd)
+
+        drop_caches()
+        start = time.perf_counter()
+        with ThreadPoolExecutor(LOCAL_UPLOAD_WORKERS) as pool:
+            list(pool.map(write, names))
+        wrote = time.perf_counter() - start
+        drop_caches()
+        start = time.perf_counter()
+        read_all()
+        read = time.perf_counter() - start
+        mib = len(names) * self.FILE / (1 << 20)
+        return {"Write big file": mib / wrote, "Read big file": mib / read}
+
+    def __enter__(self) -> "BucketFiles":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import shutil
+
+        shutil.rmtree(self.mount, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------- in the child

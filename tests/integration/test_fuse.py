@@ -275,6 +275,29 @@ def test_xattrs(mnt: Path):
     assert os.getxattr(f, "security.capability") == capability
 
 
+def test_xattr_misses_known_from_a_listing_stay_exact(mnt: Path):
+    """After a listing (which tells the mount which names have no xattr), a miss is answered
+    without the volume, and a change made after it is seen at once."""
+    d = mnt / "listed"
+    os.mkdir(d)
+    for i in range(20):
+        write_file(d / f"f{i}", b"x")
+    os.setxattr(d / "f3", "user.kept", b"v")
+    names = sorted(e.name for e in os.scandir(d) if e.stat(follow_symlinks=False))
+    assert len(names) == 20
+    for name in names:
+        for attr in ("security.selinux", "user.none"):  # (ACL names: the kernel's to answer)
+            got = errno_of(lambda: os.getxattr(d / name, attr, follow_symlinks=False))
+            assert got == "ENODATA", (name, attr, got)
+    assert os.getxattr(d / "f3", "user.kept") == b"v"
+    os.setxattr(d / "f7", "user.new", b"w")  # after the listing
+    assert os.getxattr(d / "f7", "user.new") == b"w"
+    os.removexattr(d / "f3", "user.kept")
+    assert errno_of(lambda: os.getxattr(d / "f3", "user.kept")) == "ENODATA"
+    assert errno_of(lambda: os.getxattr(d / "missing", "user.x")) == "ENOENT"
+    assert errno_of(lambda: os.getxattr(d / "f1", "bogus.name")) == "ENOTSUP"
+
+
 def test_symlinks_and_hard_links(mnt: Path):
     os.mkdir(mnt / "d")
     write_file(mnt / "d" / "f", b"content")

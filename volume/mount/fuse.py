@@ -715,14 +715,24 @@ class EngineOperations:
 
     # ------------------------------------------------------------------ xattrs
 
-    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+    def known_xattr_miss(self, path: str, name: str) -> int:
+        """The errno a getxattr of ``name`` gets without asking the volume (ENOSYS: none here
+        at all; ENODATA: the inode is known to lack it), else 0. ``ls -l`` asks two names of
+        every entry, and the answer is nearly always this."""
         if self.xattrs_absent:
-            raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+            return errno.ENOSYS
         ino = self._inode(path)
         if (ino in self._no_xattrs and _valid_xattr_name(name)) or (
             name == CAPABILITY and ino in self._no_capability
         ):
-            raise OSError(errno.ENODATA, os.strerror(errno.ENODATA))
+            return errno.ENODATA
+        return 0
+
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        miss = self.known_xattr_miss(path, name)
+        if miss:
+            raise OSError(miss, os.strerror(miss))
+        ino = self._inode(path)
         epoch = self._xattr_epoch
         try:
             return self.engine.getxattr(ino, name)
@@ -977,6 +987,16 @@ class _LibfuseSession(mfusepy.FUSE if mfusepy is not None else object):  # type:
             ctypes.memset(buf, 0, ctypes.sizeof(mfusepy.c_stat))
             _fill_stat(buf.contents, ops.getattr(self._str(path), self._fh(fip)))
         return 0
+
+    def getxattr(self, path: bytes, name: bytes, value: Any, size: int, *args: Any) -> int:
+        # the usual answer returned, not raised: an exception through mfusepy's wrapper costs
+        # as much as the rest of the call
+        ops = self.operations
+        if type(ops).getxattr is EngineOperations.getxattr:
+            miss = ops.known_xattr_miss(self._str(path), name.decode(self.encoding, self.errors))
+            if miss:
+                return -miss
+        return super().getxattr(path, name, value, size, *args)
 
     def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
         ops = self.operations
