@@ -644,14 +644,15 @@ def mount_rw(
             workcopy.discard_unresumed(md, objects)
         if resumed:
             meta = store_cls.open(md.path)
-            if not workcopy.check_uuid(objects, meta.load_format()):
+            fmt_now = meta.load_format()
+            if not workcopy.check_uuid(objects, fmt_now):
                 raise VolumeStoreMismatch(
                     f"meta_dir {md.path} holds a working copy of {volume.name!r} from another "
                     f"bucket or an earlier volume of that name; pass another meta_dir"
                 )
             if marker.get("domain") is not None:
                 workcopy.repair_lost_blocks(meta, objects, int(marker["domain"]))
-            domain = claim_domain(objects, meta.load_format().Name, volume.name)
+            domain = claim_domain(objects, fmt_now.Name, volume.name)
             log.warning("volume %s: resuming the unpublished working copy in %s", volume.name,
                         md.path)  # fmt: skip
         elif volume.index is None:
@@ -669,6 +670,7 @@ def mount_rw(
                     ),
                 )
                 meta.format(fmt, time.time_ns())
+                fmt_now = meta.load_format()
             except BaseException:
                 meta.close()
                 md.clear(store_cls)
@@ -680,12 +682,13 @@ def mount_rw(
             and marker.get("path") == volume.index.path
         ):
             meta = store_cls.open(md.path)
+            fmt_now = meta.load_format()
             domain = int(marker["domain"])
         else:
             _stage_index(volume, objects, md, purpose="write", replace_copy=True)
             meta = store_cls.open(md.path)
-            domain = claim_domain(objects, meta.load_format().Name, volume.name)
-        fmt_now = meta.load_format()
+            fmt_now = meta.load_format()
+            domain = claim_domain(objects, fmt_now.Name, volume.name)
         md.set_marker(
             **workcopy.working_copy_marker(
                 volume, objects, store_cls.name, domain, fmt_now.UUID, family=fmt_now.Name,

@@ -37,7 +37,8 @@ _IFMT_TO_TYPE = {
     stat.S_IFCHR: TYPE_CHARDEV,
     stat.S_IFSOCK: TYPE_SOCKET,
 }
-_TYPE_TO_IFMT = {v: k for k, v in _IFMT_TO_TYPE.items()}
+#: The ``S_IFMT`` bits of each JuiceFS node type (the file-type part of ``st_mode``).
+TYPE_TO_IFMT = {v: k for k, v in _IFMT_TO_TYPE.items()}
 
 
 def fs_error(code: int, what: str | bytes = "") -> OSError:
@@ -76,7 +77,7 @@ def type_from_mode(mode: int) -> int:
 
 def st_mode(attr: Attr) -> int:
     """The ``st_mode`` of a node: type bits plus its 12 permission bits."""
-    return _TYPE_TO_IFMT[attr.type] | attr.mode
+    return TYPE_TO_IFMT[attr.type] | attr.mode
 
 
 def check_name(name: bytes) -> None:

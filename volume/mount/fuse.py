@@ -37,8 +37,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..engine import NOW, RENAME_EXCHANGE, ROOT, Caller, Engine
-from ..engine.posix import _TYPE_TO_IFMT as _IFMT
-from ..engine.posix import check_xattr_name, st_mode
+from ..engine.posix import TYPE_TO_IFMT as _IFMT, check_xattr_name, st_mode
 from ..errors import VolumeMountError, VolumeMountTimeout, VolumeSystemError
 from ..juicefs import ROOT_INODE, TYPE_DIRECTORY, Attr
 
@@ -122,12 +121,6 @@ def _supplementary_groups(pid: int) -> tuple[int, ...]:
     except OSError:  # the process is gone: it has no groups to grant
         pass
     return ()
-
-
-@functools.lru_cache(maxsize=None)
-def _type_bits(node_type: int) -> int:
-    """The ``S_IFMT`` bits of a JuiceFS node type."""
-    return st_mode(Attr(type=node_type, mode=0))
 
 
 def _stat(ino: int, attr: Attr) -> dict[str, int]:
@@ -635,7 +628,7 @@ class EngineOperations:
             if attr is not None:
                 yield name, _stat(ino, attr)
             else:
-                yield name, {"st_mode": _type_bits(node_type), "st_ino": ino} if ino else None
+                yield name, {"st_mode": _IFMT[node_type], "st_ino": ino} if ino else None
 
     def entries(
         self, path: str | None, fh: int, offset: int, plus: bool
@@ -1035,7 +1028,7 @@ class _LibfuseSession(mfusepy.FUSE if mfusepy is not None else object):  # type:
                     _pack_stat(st, ino, attr)
                     fill_flags = FUSE_FILL_DIR_PLUS
                 elif ino:
-                    _STAT.pack_into(st, 0, *_STAT_ORDER((ino, 0, _type_bits(node_type)) + _ZEROS))
+                    _STAT.pack_into(st, 0, *_STAT_ORDER((ino, 0, _IFMT[node_type]) + _ZEROS))
                 if filler(buf, name, st if ino else None, position, fill_flags):
                     entries.close()
                     break  # libfuse's buffer is full
