@@ -5,6 +5,8 @@ the server they measure, and the server's CPU seconds are its process's.
 
 - :class:`VolumeServer`: a volume (local bucket + SQLite) on a kernel mount, as ``volume mount``
   serves it (``python -m tests.bench._servers volume ROOT``).
+- :class:`TmpfsVolumeServer`: the same with its bucket and metadata in memory (tmpfs): our
+  data path without the disk.
 - :class:`NullServer`: a do-nothing file system on the same libfuse session class with the same
   options: reads return zeros, writes are dropped (only sizes are kept). Its big-file rows are
   the ceiling of a pure-Python FUSE server here.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -80,6 +83,31 @@ class VolumeServer(_Child):
     def __init__(self, root: Path):
         super().__init__(root)
         self._spawn("volume")
+
+
+class TmpfsVolumeServer(VolumeServer):
+    """A volume as :class:`VolumeServer` serves it, with its bucket and metadata in memory
+    (tmpfs, ``/dev/shm``): the data path of our server without the disk under it, to compare
+    with the do-nothing server. Its directory is removed when it stops."""
+
+    name = "tmpfs"
+    TMPFS = Path("/dev/shm")
+
+    def __init__(self, root: Path):
+        import tempfile
+
+        self.tmpfs_root = Path(tempfile.mkdtemp(prefix="volume-bench-", dir=self.TMPFS))
+        try:
+            super().__init__(self.tmpfs_root / root.name)
+        except BaseException:
+            shutil.rmtree(self.tmpfs_root, ignore_errors=True)
+            raise
+
+    def stop(self) -> None:
+        try:
+            super().stop()
+        finally:
+            shutil.rmtree(self.tmpfs_root, ignore_errors=True)
 
 
 class NullServer(_Child):
@@ -202,8 +230,6 @@ class BucketFiles:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        import shutil
-
         shutil.rmtree(self.mount, ignore_errors=True)
 
 

@@ -11,12 +11,15 @@ metadata workload (``volume bench --meta``) on
 - a do-nothing file system on the same libfuse session and options (reads return zeros, writes
   are dropped): the big-file rows only, the ceiling of a pure-Python FUSE server here;
 - the bucket's file system itself, written and read directly as 4 MiB files (no FUSE): the bound
-  of any mount's data path over a local bucket.
+  of any mount's data path over a local bucket;
+- a kernel mount of a volume whose bucket and metadata are in memory (tmpfs): the big-file rows
+  only, our data path without the disk.
 
 Prints, per row, the medians, the median of the per-round ratios (ours / JuiceFS for
 throughputs, JuiceFS / ours for times: above 1 is better for us either way), and the CPU seconds
 each side's serving process spent; then our big-file rows as a fraction of the ceiling, and of
-the smaller of the ceiling and the bucket's own speed.
+the smaller of the ceiling and the bucket's own speed, and the in-memory volume's as a fraction
+of the ceiling.
 
 Run: ``python -m pytest -m bench tests/bench/test_vs_juicefs.py -s``. Knobs:
 ``VOLUME_BENCH_BYTES`` (big file per thread, default 256 MiB), ``VOLUME_BENCH_SMALL_FILES`` (per
@@ -43,7 +46,7 @@ from volume.bench import run_bench
 from volume.benchmeta import meta_tarball, run_meta_bench
 from volume.mount.fuse import fuse_usable
 
-from ._servers import BucketFiles, JuiceFSServer, NullServer, VolumeServer
+from ._servers import BucketFiles, JuiceFSServer, NullServer, TmpfsVolumeServer, VolumeServer
 from .conftest import bench_bytes
 
 BIG_FILE_MB = bench_bytes(256 << 20) >> 20
@@ -53,7 +56,8 @@ ROUNDS = int(os.environ.get("VOLUME_BENCH_ROUNDS", 2))
 HOG = os.environ.get("VOLUME_BENCH_HOG", "") not in ("", "0")
 THREADS = (1, 4)
 SERVERS = {
-    "volume": VolumeServer, "juicefs": JuiceFSServer, "null": NullServer, "bucket": BucketFiles
+    "volume": VolumeServer, "juicefs": JuiceFSServer, "null": NullServer, "bucket": BucketFiles,
+    "tmpfs": TmpfsVolumeServer,
 }
 
 pytestmark = [
@@ -93,7 +97,7 @@ def _measure(server, kind: str) -> Rows:
     rows: Rows = {}
     if kind == "bucket":
         return {f"p1 {item}": (v, None) for item, v in server.measure(BIG_FILE_MB << 20).items()}
-    if kind == "null":
+    if kind in ("null", "tmpfs"):
         result = run_bench(
             _fresh(server, "p1"), big_file_mb=BIG_FILE_MB, small_files=0, server_pid=server.pid
         )
@@ -141,21 +145,25 @@ def _report(results: dict[str, list[Rows]]) -> str:
     lines.append("")
     lines.append(
         f"{'ceiling (p1)':<24} {'volume':>10} {'null':>10} {'frac':>6} {'bucket':>10} "
-        f"{'frac':>6} {'cpu vol':>8}"
+        f"{'frac':>6} {'tmpfs':>10} {'frac':>6} {'cpu vol':>8}"
     )
-    bucket = results["bucket"]
+    bucket, tmpfs = results["bucket"], results["tmpfs"]
     for row in null[0]:
         fractions = [o[row][0] / n[row][0] for o, n in zip(ours, null)]
         bounded = [o[row][0] / min(n[row][0], b[row][0]) for o, n, b in zip(ours, null, bucket)]
+        in_memory = [m[row][0] / n[row][0] for m, n in zip(tmpfs, null)]
         lines.append(
             f"{row:<24} {_median([o[row][0] for o in ours]):>10.2f} "
             f"{_median([n[row][0] for n in null]):>10.2f} {statistics.median(fractions):>6.2f} "
             f"{_median([b[row][0] for b in bucket]):>10.2f} {statistics.median(bounded):>6.2f} "
+            f"{_median([m[row][0] for m in tmpfs]):>10.2f} {statistics.median(in_memory):>6.2f} "
             f"{_fmt(_median([o[row][1] for o in ours])):>8}"
         )
     lines.append(
         "(bucket: the bucket's file system written and read directly, 4 MiB files; the second "
-        "frac is of the smaller of null and bucket, the most any mount of this bucket can give)"
+        "frac is of the smaller of null and bucket, the most any mount of this bucket can give; "
+        "tmpfs: our mount with its bucket and metadata in memory, our data path without the "
+        "disk, and its frac of null)"
     )
     return "\n".join(lines)
 
@@ -186,5 +194,5 @@ def test_volume_against_juicefs_and_the_python_ceiling(tmp_path: Path, hog: None
     for name in ("volume", "juicefs"):
         for rows in results[name]:
             assert set(rows) == set(results["volume"][0]) and all(v > 0 for v, _ in rows.values())
-    for name in ("null", "bucket"):
+    for name in ("null", "bucket", "tmpfs"):
         assert all(v > 0 for rows in results[name] for v, _ in rows.values())
