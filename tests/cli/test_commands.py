@@ -34,6 +34,11 @@ def test_every_verb_has_help_with_an_example(verb: str):
 
     r = CliRunner().invoke(cli, [verb, "--help"])
     assert r.exit_code == 0 and "Examples:" in r.output and f"$ volume {verb}" in r.output
+    # every paragraph of the description is flush with the first (none keeps the docstring's
+    # indentation)
+    description = r.output.split("Examples:")[0].split("\n\n")[1:]
+    assert all(line.startswith("  ") and not line.startswith("   ")
+               for paragraph in description for line in paragraph.strip("\n").splitlines())
 
 
 def test_create_and_fork(tmp_path: Path, bucket: Path):

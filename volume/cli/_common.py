@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import sys
 import threading
@@ -187,7 +188,9 @@ def examples(*lines: str) -> Callable[[Callable], Callable]:
 
     def wrap(func: Callable) -> Callable:
         text = "\n".join(f"  $ {line}" for line in lines)
-        func.__doc__ = f"{(func.__doc__ or '').rstrip()}\n\n\b\nExamples:\n{text}\n"
+        # cleaned first: the unindented lines appended would otherwise keep a multi-paragraph
+        # docstring's indentation in --help
+        func.__doc__ = f"{inspect.cleandoc(func.__doc__ or '')}\n\n\b\nExamples:\n{text}\n"
         return func
 
     return wrap
