@@ -511,6 +511,7 @@ class KernelOptions:
     attr_cache: float
     entry_cache: float
     dir_entry_cache: float
+    xattrs: bool = True  # False: the kernel mount serves no extended attributes
 
 
 def _pick_transport(transport: str) -> str:
@@ -563,7 +564,7 @@ def _attach(m: "Mount", kernel: KernelOptions, path: Optional[Path]) -> "Mount":
         m.kernel = FuseMount.start(
             m.engine, path, read_only=not m.writable, attr_cache=kernel.attr_cache,
             entry_cache=kernel.entry_cache, dir_entry_cache=kernel.dir_entry_cache,
-            timeout=kernel.timeout, fsname=f"volume:{m.volume_name}",
+            timeout=kernel.timeout, fsname=f"volume:{m.volume_name}", xattrs=kernel.xattrs,
         )  # fmt: skip
     except BaseException:
         m.close(drain=False)

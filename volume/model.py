@@ -186,6 +186,13 @@ def _as_path(p: PathArg) -> Optional[Path]:
     return None if p is None else Path(p)
 
 
+def _check_flag(name: str, value: object) -> bool:
+    """``value`` when it is a bool; :class:`VolumeUsageError` otherwise (``"no"`` is truthy)."""
+    if not isinstance(value, bool):
+        raise VolumeUsageError(f"{name} must be True or False, not {value!r}")
+    return value
+
+
 # --------------------------------------------------------------------------- models
 
 
@@ -562,13 +569,19 @@ class ROVolume(_MountableVolume):
         entry_cache: float = 1.0,
         dir_entry_cache: float = 1.0,
         transport: str = "auto",
+        xattrs: bool = True,
     ) -> Self:
-        """Mount this version read-only (``transport``: "auto", "fuse" or "none"); returns self."""
+        """Mount this version read-only (``transport``: "auto", "fuse" or "none"); returns self.
+
+        ``xattrs=False``: the kernel mount serves no extended attributes (they read as not
+        supported), as the JuiceFS client's default; ``ls -l`` then asks nothing per name.
+        """
         from . import lifecycle
 
         kernel = lifecycle.KernelOptions(
-            _as_path(mount_path), timeout, attr_cache, entry_cache, dir_entry_cache
-        )
+            _as_path(mount_path), timeout, attr_cache, entry_cache, dir_entry_cache,
+            _check_flag("xattrs", xattrs),
+        )  # fmt: skip
         self._mount = lifecycle.mount_ro(
             self, kernel, meta_dir, cache_dir, transport  # type: ignore[arg-type]
         )
@@ -592,6 +605,7 @@ class RWVolume(_MountableVolume):
         upload_workers: int = 8,
         buffer_size_mb: int = 300,
         transport: str = "auto",
+        xattrs: bool = True,
     ) -> Self:
         """Mount this working copy read-write (``transport``: "auto", "fuse" or "none").
 
@@ -599,15 +613,17 @@ class RWVolume(_MountableVolume):
         index in a slice domain of their own. With ``writeback`` (the default) a write is
         acknowledged once buffered and blocks upload in the background; with
         ``writeback=False`` every close (and flush) also waits until the blocks written so far
-        are stored. Returns self.
+        are stored. With ``xattrs=False`` the kernel mount serves no extended attributes (they
+        read as not supported, and ``setxattr`` fails), as the JuiceFS client's default: ``ls
+        -l`` and every first write then ask nothing per file. Returns self.
         """
         from . import lifecycle
 
-        if not isinstance(writeback, bool):
-            raise VolumeUsageError(f"writeback must be True or False, not {writeback!r}")
+        _check_flag("writeback", writeback)
         kernel = lifecycle.KernelOptions(
-            _as_path(mount_path), timeout, attr_cache, entry_cache, dir_entry_cache
-        )
+            _as_path(mount_path), timeout, attr_cache, entry_cache, dir_entry_cache,
+            _check_flag("xattrs", xattrs),
+        )  # fmt: skip
         m = lifecycle.mount_rw(
             self, kernel, meta_dir, cache_dir, transport,  # type: ignore[arg-type]
             upload_workers=upload_workers, buffer_bytes=buffer_size_mb << 20,

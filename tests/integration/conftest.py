@@ -63,7 +63,10 @@ class MountedVolume:
         self.engine: Engine | None = None
         self.mount: FuseMount | None = None
 
-    def start(self, *, read_only: bool = False, timeout: float = 10.0, cache: float = 1.0) -> Path:
+    def start(
+        self, *, read_only: bool = False, timeout: float = 10.0, cache: float = 1.0,
+        xattrs: bool = True,
+    ) -> Path:  # fmt: skip
         """Open an engine on the volume and mount it; returns the mount path."""
         assert self.mount is None, "already mounted"
         meta = SQLiteMetaStore.open(self.meta_dir, read_only=read_only)
@@ -72,6 +75,7 @@ class MountedVolume:
             self.mount = FuseMount.start(
                 self.engine, self.path, read_only=read_only, attr_cache=cache, entry_cache=cache,
                 dir_entry_cache=cache, timeout=timeout, fsname=f"volume:{self.name}",
+                xattrs=xattrs,
             )  # fmt: skip
         except BaseException:
             self._close_engine()

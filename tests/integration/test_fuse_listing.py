@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from volume import Volume
+from volume.errors import VolumeUsageError
 
 from .test_fuse_one_view import rw  # noqa: F401  (the fixture: a writable kernel mount)
 
@@ -119,3 +120,55 @@ def test_xattrs_of_a_read_only_mount(tmp_path: Path, with_xattr: bool) -> None:
             assert sorted(os.listdir(tmp_path / "mnt")) == ["f"]
     finally:
         ro.unmount()
+
+
+def test_a_mount_without_xattrs_serves_none_and_keeps_the_volumes(tmp_path: Path) -> None:
+    """``xattrs=False``: read-write and read-only mounts answer every xattr call as not
+    supported (the kernel stops asking), files work as before, and the volume's xattrs are
+    kept: the in-process file system and a later mount with xattrs see them."""
+    rw = Volume.new("no-xattrs", bucket=str(tmp_path / "bucket"))
+    rw.mount(mount_path=tmp_path / "rw", xattrs=False)
+    try:
+        rw._mount.pathfs.write_bytes("/kept", b"k")
+        rw._mount.pathfs.setxattr("/kept", "user.k", b"v")  # in-process: still served
+        f = tmp_path / "rw" / "f"
+        f.write_bytes(b"data")  # a first write asks for security.capability: refused, not failed
+        with open(f, "ab") as out:
+            out.write(b" more")
+        assert f.read_bytes() == b"data more"
+        for call in (
+            lambda: os.getxattr(f, "user.a"),
+            lambda: os.getxattr(tmp_path / "rw" / "kept", "user.k"),
+            lambda: os.setxattr(f, "user.a", b"1"),
+            lambda: os.listxattr(f),
+            lambda: os.removexattr(f, "user.a"),
+        ):
+            with pytest.raises(OSError) as refused:
+                call()
+            assert refused.value.errno == errno.EOPNOTSUPP
+        assert sorted(os.listdir(tmp_path / "rw")) == ["f", "kept"]
+        version = rw.commit("with one xattr")
+    finally:
+        rw.unmount()
+    ro = version.mount(mount_path=tmp_path / "ro", xattrs=False)
+    try:
+        with pytest.raises(OSError) as refused:
+            os.getxattr(tmp_path / "ro" / "kept", "user.k")
+        assert refused.value.errno == errno.EOPNOTSUPP
+        assert (tmp_path / "ro" / "f").read_bytes() == b"data more"
+        assert ro._mount.pathfs.getxattr("/kept", "user.k") == b"v"
+    finally:
+        ro.unmount()
+    served = version.mount(mount_path=tmp_path / "ro")  # the default serves them
+    try:
+        assert os.getxattr(tmp_path / "ro" / "kept", "user.k") == b"v"
+    finally:
+        served.unmount()
+
+
+@pytest.mark.parametrize("value", ["no", 0, None])
+def test_xattrs_must_be_a_bool(tmp_path: Path, value: object) -> None:
+    rw = Volume.new("flag", bucket=str(tmp_path / "bucket"))
+    with pytest.raises(VolumeUsageError, match="xattrs must be True or False"):
+        rw.mount(mount_path=tmp_path / "mnt", xattrs=value)  # type: ignore[arg-type]
+    assert not rw.mounted and not os.path.ismount(tmp_path / "mnt")

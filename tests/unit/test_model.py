@@ -381,14 +381,15 @@ SEED_API = {
     ROVolume.mount: {
         "self": inspect.Parameter.empty, "mount_path": None, "meta_dir": None, "cache_dir": None,
         "timeout": 120, "attr_cache": 1.0, "entry_cache": 1.0, "dir_entry_cache": 1.0,
-        "transport": "auto"},
+        "transport": "auto", "xattrs": True},
     ROVolume.fork: {"self": inspect.Parameter.empty, "name": inspect.Parameter.empty,
                     "meta_dir": None, "timeout": 60},
     ROVolume.unmount: {"self": inspect.Parameter.empty},
     RWVolume.mount: {
         "self": inspect.Parameter.empty, "mount_path": None, "meta_dir": None, "cache_dir": None,
         "timeout": 120, "attr_cache": 1.0, "entry_cache": 1.0, "dir_entry_cache": 1.0,
-        "writeback": True, "upload_workers": 8, "buffer_size_mb": 300, "transport": "auto"},
+        "writeback": True, "upload_workers": 8, "buffer_size_mb": 300, "transport": "auto",
+        "xattrs": True},
     RWVolume.commit: {"self": inspect.Parameter.empty, "message": None, "mount_path": None,
                       "meta_dir": None, "timeout": None},
     RWVolume.finalize: {"self": inspect.Parameter.empty, "message": None, "timeout": 60},

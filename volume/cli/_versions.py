@@ -102,12 +102,17 @@ def _continuation(version: Any) -> Any:
     "--no-commit", is_flag=True, help="On exit, discard the changes instead of committing."
 )
 @click.option("--message", "-m", help="Message of the version published on exit.")
+@click.option(
+    "--no-xattrs", is_flag=True,
+    help="Serve no extended attributes (the JuiceFS client's default): ls -l asks nothing per "
+    "file, and getfattr/setfattr say 'Operation not supported'.",
+)  # fmt: skip
 @common
 @examples("volume mount ./bucket/vol/_volume/versions/<id>/volume.json ~/volumes/vol",
           "volume mount $LOCATOR /mnt/ro --read-only",
           "volume mount $LOCATOR /mnt/exp --fork experiment -m 'tried a thing'")  # fmt: skip
 def mount_cmd(version: str, mount_path: str, read_only: bool, fork_name: str | None,
-              no_commit: bool, message: str | None) -> int:  # fmt: skip
+              no_commit: bool, message: str | None, no_xattrs: bool) -> int:  # fmt: skip
     """Mount a version at PATH in the foreground (FUSE).
 
     Writable by default: the mount continues the version under its name (or as a fork with
@@ -147,10 +152,11 @@ def mount_cmd(version: str, mount_path: str, read_only: bool, fork_name: str | N
     control = ControlServer(path, serve)
     try:
         if read_only:
-            handle = base.mount(mount_path=path, transport="fuse")
+            handle = base.mount(mount_path=path, transport="fuse", xattrs=not no_xattrs)
         else:
             rw = base.fork(fork_name) if fork_name else _continuation(base)
-            handle = rw.mount(mount_path=path, transport="fuse")  # marks its session live
+            # marks its session live
+            handle = rw.mount(mount_path=path, transport="fuse", xattrs=not no_xattrs)
         previous = {
             s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)
         }

@@ -261,6 +261,7 @@ class EngineOperations:
         self.xattrs_absent = bool(
             engine is not None and engine.read_only and not engine.has_xattrs()
         )
+        self.xattrs_refused = False  # see refuse_xattrs
         self._dir_handles = itertools.count(1)
         # Inodes known to have no security.capability: the kernel checks it (to drop file
         # capabilities) before every write, which would otherwise cost a metadata transaction.
@@ -708,6 +709,17 @@ class EngineOperations:
 
     # ------------------------------------------------------------------ xattrs
 
+    def refuse_xattrs(self) -> None:
+        """Serve no extended attribute at all (a mount with ``xattrs=False``): every xattr call
+        gets ENOSYS, after which the kernel answers them itself (EOPNOTSUPP) without asking, as
+        on a JuiceFS client mount without ``--enable-xattr``. The volume's own xattrs are kept
+        as they are."""
+        self.xattrs_absent = self.xattrs_refused = True
+
+    def _check_xattrs_served(self) -> None:
+        if self.xattrs_refused:
+            raise OSError(errno.ENOSYS, "this mount serves no extended attributes")
+
     def known_xattr_miss(self, path: str, name: str) -> int:
         """The errno a getxattr of ``name`` gets without asking the volume (ENOSYS: none here
         at all; ENODATA: the inode is known to lack it), else 0. ``ls -l`` asks two names of
@@ -747,10 +759,12 @@ class EngineOperations:
             self._no_xattrs.discard(ino)
 
     def listxattr(self, path: str) -> list[str]:
+        self._check_xattrs_served()
         ino = self._inode(path)
         return [] if ino in self._no_xattrs else self.engine.listxattr(ino)
 
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> None:
+        self._check_xattrs_served()
         ino = self._inode(path)
         self._forget_xattrs(ino)
         try:
@@ -759,6 +773,7 @@ class EngineOperations:
             self._forget_xattrs(ino)
 
     def removexattr(self, path: str, name: str) -> None:
+        self._check_xattrs_served()
         self.engine.removexattr(self._inode(path), name, self._caller())
 
     # ------------------------------------------------------------------ files
@@ -1283,11 +1298,13 @@ class FuseMount:
         dir_entry_cache: float,
         timeout: float,
         fsname: str,
+        xattrs: bool = True,
     ) -> "FuseMount":
         """Mount ``engine`` at ``mount_path`` and return once the kernel gets answers from it.
 
         ``attr_cache`` / ``entry_cache`` / ``dir_entry_cache`` are the kernel's attribute, entry
-        and negative-entry cache times in seconds. Raises :class:`VolumeMountError` when FUSE is
+        and negative-entry cache times in seconds. With ``xattrs=False`` the mount serves no
+        extended attributes (see :meth:`EngineOperations.refuse_xattrs`). Raises :class:`VolumeMountError` when FUSE is
         unusable or the path is a file, a non-empty directory or a live mount point, and
         :class:`VolumeMountTimeout` (with nothing left mounted) when the mount does not answer
         within ``timeout`` seconds.
@@ -1319,6 +1336,8 @@ class FuseMount:
             # could cache the old bytes and the writer read them back.
             options["kernel_cache"] = True
         mount = cls(engine, mount_path, options)
+        if not xattrs:
+            mount.operations.refuse_xattrs()
         previous_handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGHUP, signal.SIGTERM)}
         mount._thread.start()
         atexit.register(mount._stop_at_exit)
