@@ -201,6 +201,27 @@ def test_a_symlinked_directory_does_not_lead_out_of_the_root(
     assert not (tmp_path / "copy").exists()
 
 
+def test_a_directory_swapped_for_a_symlink_during_a_put_does_not_lead_out(
+    local_store: LocalObjectStore, root: Path, outside: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The directory a put checked is the one its file is created in: a symbolic link put in
+    its place between the check and the create cannot redirect the file."""
+    import volume_local._store as store_module
+
+    local_store.put("d/first", b"1")
+    name_temp = store_module._temp_path_for
+
+    def swap_then_name(path: str) -> str:  # runs between the check and the create
+        os.rename(root / "d", root / "moved")
+        (root / "d").symlink_to(outside, target_is_directory=True)
+        return name_temp(path)
+
+    monkeypatch.setattr(store_module, "_temp_path_for", swap_then_name)
+    with pytest.raises(ObjectStoreError):
+        local_store.put("d/second", b"2")  # its file landed in the checked directory, not out
+    assert sorted(p.name for p in outside.iterdir()) == ["secret"]
+
+
 def test_a_symlinked_file_does_not_lead_out_of_the_root(
     local_store: LocalObjectStore, root: Path, outside: Path
 ) -> None:

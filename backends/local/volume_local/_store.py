@@ -43,6 +43,7 @@ _HAVE_PROC_FD = os.path.isdir(_PROC_FD)
 # as "not a regular file"); it changes nothing for regular files.
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
 _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+_DIR_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY  # a handle to resolve, not read
 
 
 class LocalObjectStore(ObjectStore):
@@ -293,16 +294,29 @@ class LocalObjectStore(ObjectStore):
         return size
 
     def _create_temp(self, key: str, path: str) -> tuple[str, int]:
-        """Create the temporary file for ``path`` (and its missing parents); ``(name, fd)``."""
+        """Create the temporary file for ``path`` (and its missing parents); ``(name, fd)``.
+
+        No file or directory is ever made outside the root: the parent directory is opened
+        once, checked by what that open resolved to, and the file is created in that very
+        directory (``dir_fd``), so a symbolic link swapped in between cannot redirect it."""
         parent = os.path.dirname(path)
-        # checked before anything is created: no file or directory is ever made outside the root
-        self._check_inside(key, os.path.realpath(parent))
-        tmp = _temp_path_for(path)
         try:
-            fd = os.open(tmp, _TEMP_FLAGS, 0o666)  # the umask applies, as to JuiceFS's files
+            directory = os.open(parent, _DIR_FLAGS)
         except FileNotFoundError:
-            os.makedirs(parent, 0o777, exist_ok=True)  # likewise 0777 minus the umask
-            fd = os.open(tmp, _TEMP_FLAGS, 0o666)
+            self._check_inside(key, os.path.realpath(parent))  # before any directory is made
+            os.makedirs(parent, 0o777, exist_ok=True)  # 0777 minus the umask, as JuiceFS's
+            directory = os.open(parent, _DIR_FLAGS)
+        try:
+            real = (
+                os.readlink(f"{_PROC_FD}/{directory}") if _HAVE_PROC_FD
+                else os.path.realpath(parent)
+            )  # fmt: skip
+            self._check_inside(key, real)
+            tmp = _temp_path_for(path)
+            # the umask applies, as to JuiceFS's files
+            fd = os.open(tmp.rpartition("/")[2], _TEMP_FLAGS, 0o666, dir_fd=directory)
+        finally:
+            os.close(directory)
         return tmp, fd
 
     def _path(self, key: str) -> str:
