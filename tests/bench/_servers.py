@@ -24,6 +24,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -94,8 +95,6 @@ class TmpfsVolumeServer(VolumeServer):
     TMPFS = Path("/dev/shm")
 
     def __init__(self, root: Path):
-        import tempfile
-
         self.tmpfs_root = Path(tempfile.mkdtemp(prefix="volume-bench-", dir=self.TMPFS))
         try:
             super().__init__(self.tmpfs_root / root.name)

@@ -1304,10 +1304,10 @@ class FuseMount:
 
         ``attr_cache`` / ``entry_cache`` / ``dir_entry_cache`` are the kernel's attribute, entry
         and negative-entry cache times in seconds. With ``xattrs=False`` the mount serves no
-        extended attributes (see :meth:`EngineOperations.refuse_xattrs`). Raises :class:`VolumeMountError` when FUSE is
-        unusable or the path is a file, a non-empty directory or a live mount point, and
-        :class:`VolumeMountTimeout` (with nothing left mounted) when the mount does not answer
-        within ``timeout`` seconds.
+        extended attributes (see :meth:`EngineOperations.refuse_xattrs`). Raises
+        :class:`VolumeMountError` when FUSE is unusable or the path is a file, a non-empty
+        directory or a live mount point, and :class:`VolumeMountTimeout` (with nothing left
+        mounted) when the mount does not answer within ``timeout`` seconds.
         """
         usable, why = fuse_usable()
         if not usable:

@@ -307,11 +307,7 @@ class LocalObjectStore(ObjectStore):
             os.makedirs(parent, 0o777, exist_ok=True)  # 0777 minus the umask, as JuiceFS's
             directory = os.open(parent, _DIR_FLAGS)
         try:
-            real = (
-                os.readlink(f"{_PROC_FD}/{directory}") if _HAVE_PROC_FD
-                else os.path.realpath(parent)
-            )  # fmt: skip
-            self._check_inside(key, real)
+            self._check_inside(key, _resolved(directory, parent))
             tmp = _temp_path_for(path)
             # the umask applies, as to JuiceFS's files
             fd = os.open(tmp.rpartition("/")[2], _TEMP_FLAGS, 0o666, dir_fd=directory)
@@ -333,8 +329,7 @@ class LocalObjectStore(ObjectStore):
         """``(fd, size)`` of ``key``'s file ``path``, open for reading; the caller closes ``fd``."""
         fd = os.open(path, _READ_FLAGS)
         try:
-            real = os.readlink(f"{_PROC_FD}/{fd}") if _HAVE_PROC_FD else os.path.realpath(path)
-            self._check_inside(key, real)
+            self._check_inside(key, _resolved(fd, path))
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):  # e.g. the directory holding keys "<key>/..."
                 raise self._not_found(key)
@@ -430,6 +425,12 @@ def _directory_of(uri: str) -> str:
     if not directory:
         raise VolumeValidationError(f"file URI {uri!r} names no directory; write file:///abs/dir")
     return directory
+
+
+def _resolved(fd: int, path: str) -> str:
+    """Where the open ``fd`` (opened by ``path``) really is: what the kernel resolved, where
+    ``/proc`` tells it, else ``path`` resolved again."""
+    return os.readlink(f"{_PROC_FD}/{fd}") if _HAVE_PROC_FD else os.path.realpath(path)
 
 
 def _temp_path_for(path: str) -> str:
