@@ -165,7 +165,12 @@ def test_sigterm_and_sigint_unmount_cleanly_and_publish_nothing(tmp_path: Path, 
     try:
         assert child.stdout.readline().strip() == "ready"
         child.send_signal(sig)
-        _, err = child.communicate(timeout=60)
+        try:
+            _, err = child.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            _, err = child.communicate()
+            pytest.fail(f"the mount did not exit within 60 s of {sig!r}; its stderr: {err}")
     finally:
         if child.poll() is None:
             child.kill()
