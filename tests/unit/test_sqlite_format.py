@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -452,6 +453,42 @@ def test_read_only_open_changes_nothing(store: SQLiteMetaStore, tmp_path: Path) 
             assert txn.read_chunk(2, 0) != b""
         assert side_files(path) == []
         assert md5(path) == digest
+
+
+def test_read_only_open_of_a_restored_index_takes_no_file_lock(
+    store: SQLiteMetaStore, tmp_path: Path
+) -> None:
+    """A restored index is opened immutable: its reads take no lock and reread no header, so
+    a lock another connection holds on the file does not stall them (a locking reader would
+    wait its 5 s busy timeout, then fail)."""
+    populate(store)
+    store.snapshot(tmp_path / "index.db")
+    SQLiteMetaStore.restore(tmp_path / "index.db", tmp_path / "restored")
+    path = tmp_path / "restored" / "meta.db"
+    with closing(SQLiteMetaStore.open(path.parent, read_only=True)) as ro:
+        with closing(sqlite3.connect(path, isolation_level=None)) as locker:
+            locker.execute("BEGIN EXCLUSIVE")
+            started = time.monotonic()
+            assert ro.read_attr(2) is not None
+            with ro.transaction() as txn:
+                assert txn.read_chunk(2, 0) != b""
+            assert time.monotonic() - started < 2.0
+            locker.execute("ROLLBACK")
+    assert side_files(path) == []
+
+
+def test_read_only_open_beside_a_live_writer_sees_its_commits(store: SQLiteMetaStore) -> None:
+    """A database a writer has open (its -wal exists) is not declared immutable: a read-only
+    store opened beside it reads what the writer commits later."""
+    populate(store)
+    meta = store._db_path.parent
+    with closing(SQLiteMetaStore.open(meta, read_only=True)) as ro:
+        assert ro.read_attr(2).length != 777_777
+        with store.transaction(write=True) as txn:
+            attr = txn.get_attr(2)
+            attr.length = 777_777
+            txn.set_attr(2, attr)
+        assert ro.read_attr(2).length == 777_777
 
 
 # --------------------------------------------------------------------------- client-written data

@@ -54,7 +54,6 @@ _QUICK_CHECK = "PRAGMA quick_check"
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _HEADER_SIZE = 100
-_WAL_HEADER_BYTES = b"\x02\x02"  # file format write/read versions 2 mean WAL mode
 _SIDE_FILE_SUFFIXES = ("-wal", "-shm", "-journal")
 
 
@@ -84,8 +83,9 @@ class SQLiteMetaStore(MetaStore):
         """Open ``<meta_dir>/meta.db``; a writable open creates the directory and an empty database.
 
         A read-only open never writes the database file: it uses SQLite's read-only mode, and
-        for a WAL-mode file that nobody has open (no ``-wal`` file) it also declares the file
-        immutable, so that SQLite does not create ``-wal``/``-shm`` side files either.
+        for a file that nobody has open (no ``-wal`` or ``-journal`` file) it also declares the
+        file immutable: SQLite creates no ``-wal``/``-shm`` side files and takes no file locks.
+        Nobody may change the file while a read-only store has it open.
         """
         db_path = Path(meta_dir) / cls.index_filename
         if read_only and not db_path.is_file():
@@ -335,14 +335,16 @@ class SQLiteMetaStore(MetaStore):
 
 
 def _read_only_uri(db_path: Path) -> str:
-    """The SQLite URI for opening ``db_path`` without writing anything beside or into it."""
+    """The SQLite URI for opening ``db_path`` without writing anything beside or into it.
+
+    A file no connection has open (no ``-wal`` or ``-journal`` beside it) is also declared
+    immutable: a read-only store's file does not change while it is open (volume opens only
+    committed indexes read-only, in a meta dir it holds locked). SQLite then neither creates
+    ``-wal``/``-shm`` files for a WAL-mode file nor takes a file lock and rereads the header at
+    each transaction, which halves the cost of a metadata read.
+    """
     uri = db_path.resolve().as_uri() + "?mode=ro"
-    with open(db_path, "rb") as f:
-        header = f.read(_HEADER_SIZE)
-    wal_mode = header[18:20] == _WAL_HEADER_BYTES
-    if wal_mode and not Path(f"{db_path}-wal").exists():
-        # Nobody has the file open (the last connection removes the WAL), and a committed index
-        # is never written again; without immutable=1 SQLite would create -wal and -shm here.
+    if not any(Path(f"{db_path}{suffix}").exists() for suffix in ("-wal", "-journal")):
         uri += "&immutable=1"
     return uri
 
