@@ -93,10 +93,27 @@ class FileOps:
             oi = self._open.get(ino)
             if oi is None:
                 if length is None:
-                    length = self._read(lambda tx: self._attr(tx, ino)).length
+                    length = self._load_attr(ino).length
                 oi = self._open[ino] = OpenInode(ino, length)
             oi.refs += 1
             return oi
+
+    def _pin_attr(self, ino: int) -> tuple[OpenInode, Attr]:
+        """Pin the inode and read its attributes (as getattr answers them). An inode nobody
+        has pinned is read once, for both: opening a file costs one metadata read, not two."""
+        with self._table_lock:
+            oi = self._open.get(ino)
+            if oi is None:
+                attr = self._load_attr(ino)
+                oi = self._open[ino] = OpenInode(ino, attr.length)
+                oi.refs += 1
+                return oi, attr  # a new pin has no unpublished writes to overlay
+            oi.refs += 1
+        try:
+            return oi, self.getattr(ino)
+        except BaseException:
+            self._unpin(oi)
+            raise
 
     def _unpin(self, oi: OpenInode) -> None:
         """Drop one pin; the last one removes the inode from the table, and deletes it when it
@@ -136,12 +153,11 @@ class FileOps:
         writing = flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC
         if writing and (self.read_only or self._frozen):
             raise fs_error(errno.EROFS)
-        attr = self.getattr(ino)
-        check_access(attr, open_access_mask(flags), caller)
-        if attr.type == TYPE_DIRECTORY and writing:
-            raise fs_error(errno.EISDIR)
-        oi = self._pin(ino)
+        oi, attr = self._pin_attr(ino)
         try:
+            check_access(attr, open_access_mask(flags), caller)
+            if attr.type == TYPE_DIRECTORY and writing:
+                raise fs_error(errno.EISDIR)
             if flags & os.O_TRUNC and attr.type == TYPE_FILE:
                 with oi.lock:
                     self._truncate_locked(oi, 0, caller, check=False, kill_suid=True)

@@ -86,16 +86,20 @@ class NamespaceOps:
     # ================================================================== attributes
 
     def getattr(self, ino: int) -> Attr:
-        """Attributes of an inode (ENOENT when missing). A store that can read one inode
-        without a transaction of its own (``read_attr``) is asked that way: getattr is the
-        commonest call of a mount."""
+        """Attributes of an inode (ENOENT when missing)."""
+        return self._overlay(ino, self._load_attr(ino))
+
+    def _load_attr(self, ino: int) -> Attr:
+        """The stored attributes of an inode (ENOENT when missing). A store that can read one
+        inode without a transaction of its own (``read_attr``) is asked that way: getattr is
+        the commonest call of a mount."""
         read_attr = getattr(self.meta, "read_attr", None)
         if read_attr is None:
-            return self._overlay(ino, self._read(lambda tx: self._attr(tx, ino)))
+            return self._read(lambda tx: self._attr(tx, ino))
         attr = read_attr(ino)
         if attr is None:
             raise fs_error(errno.ENOENT)
-        return self._overlay(ino, attr)
+        return attr
 
     def lookup(self, parent: int, name: bytes, caller: Caller = ROOT) -> tuple[int, Attr]:
         """The inode named ``name`` in directory ``parent``."""
