@@ -1094,7 +1094,7 @@ def migrate(
             f"volume {volume.name!r} has never been committed, so it has no index to migrate; "
             f"commit it first, or declare it with metadata_store_type={new_type!r}"
         )
-    from . import index
+    from . import dump
 
     target_cls = plugins.meta_store_class(new_type)
     objects = object_store(volume)
@@ -1116,7 +1116,7 @@ def migrate(
                 counts[phase] = min(n, inodes)
                 meter.update(done=(counts["dump"] + counts["load"]) // 2)
 
-            index.migrate(src, dst, tmp_dir=dst_dir.path, progress=step)
+            dump.migrate(src, dst, tmp_dir=dst_dir.path, progress=step)
             with dst.transaction(write=True) as tx:
                 advance_counters(tx)
             version = publish(

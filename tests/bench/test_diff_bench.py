@@ -2,7 +2,7 @@
 
 The versions are built straight in the metadata store (records as the engine writes them), so the
 benchmark measures the diff, not 100,000 file creations. The baseline, measured in the same run, is
-``volume.index.dump`` of both indexes (a JuiceFS dump: one pass over every record of each).
+``volume.dump.dump`` of both indexes (a JuiceFS dump: one pass over every record of each).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from volume_local import LocalObjectStore
 from volume_sqlite import SQLiteMetaStore
 
-from volume import index
+from volume import dump
 from volume.diff import diff_indexes
 from volume.engine import format_volume, new_format
 from volume.juicefs import TYPE_DIRECTORY, TYPE_FILE, Attr, SliceRecord
@@ -78,8 +78,8 @@ def test_diff_of_100k_file_versions(tmp_path: Path) -> None:
     b = SQLiteMetaStore.open(b_dir, read_only=True)
     started = time.perf_counter()
     with open(os.devnull, "w") as sink:
-        index.dump(a, sink)
-        index.dump(b, sink)
+        dump.dump(a, sink)
+        dump.dump(b, sink)
     baseline = time.perf_counter() - started
     started = time.perf_counter()
     d = diff_indexes(a, b)

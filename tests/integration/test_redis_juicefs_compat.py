@@ -22,7 +22,7 @@ from volume_redis._server import RedisServer
 from tests.jfsclient import SKIP_REASON, juicefs_binary
 from volume import ROVolume, Volume
 from volume.engine import Engine, PathFS
-from volume.index import dump
+from volume.dump import dump
 from volume_local import LocalObjectStore
 
 from .test_juicefs_compat import (

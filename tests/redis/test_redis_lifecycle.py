@@ -23,7 +23,7 @@ from volume import ROVolume, Volume
 from volume.allocator import DOMAIN_BITS, FOREIGN_DOMAIN
 from volume.engine.check import check_metadata
 from volume.errors import VolumeIndexCorrupt, VolumeMigrateNoop, VolumeStoreMismatch
-from volume.index import dump
+from volume.dump import dump
 from volume.testing.memory import MemoryObjectStore
 
 pytestmark = [

@@ -58,7 +58,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from .. import index as index_module
+from .. import dump as dump_module
 from .. import lifecycle, plugins
 from ..allocator import DOMAIN_BITS
 from ..errors import (
@@ -166,7 +166,7 @@ def dump_of(version: Volume, objects: Any, workdir: Path) -> dict[str, Any]:
     meta, where = _open_index(version, objects, workdir)
     try:
         with open(where / "dump.json", "w+b") as out:
-            index_module.dump(meta, out, keep_secret_key=True)
+            dump_module.dump(meta, out, keep_secret_key=True)
             out.seek(0)
             doc = json.loads(out.read())
     finally:

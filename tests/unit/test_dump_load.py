@@ -1,4 +1,4 @@
-"""Dump and load of a namespace in the JuiceFS JSON dump format (``volume.index``).
+"""Dump and load of a namespace in the JuiceFS JSON dump format (``volume.dump``).
 
 The expected texts come from the format reference (and were checked against the real client's
 ``juicefs dump``), not from the code under test.
@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
-from volume import index
+from volume import dump as dump_module
 from volume.engine import Engine, PathFS, format_volume, new_format
 from volume.engine.check import check_metadata
 from volume.errors import VolumeIndexCorrupt, VolumeMigrateError
-from volume.index import dump, escape, load, migrate, unescape
+from volume.dump import dump, escape, load, migrate, unescape
 from tests.jfsclient import SKIP_REASON, juicefs_binary
 from volume.juicefs import (
     CHUNK_SIZE,
@@ -139,7 +139,7 @@ def dump_bytes(meta: MetaStore, **options: Any) -> bytes:
     return out.getvalue()
 
 
-def load_bytes(meta: MetaStore, data: bytes) -> index.LoadStats:
+def load_bytes(meta: MetaStore, data: bytes) -> dump_module.LoadStats:
     return load(meta, io.BytesIO(data))
 
 
@@ -512,7 +512,7 @@ def test_gzip_and_text_streams(built: Built, tmp_path: Path) -> None:
 
 
 def test_progress_is_reported(built: Built, fresh: SQLiteMetaStore, monkeypatch) -> None:
-    monkeypatch.setattr(index, "_PROGRESS_EVERY", 4)
+    monkeypatch.setattr(dump_module, "_PROGRESS_EVERY", 4)
     dumped: list[int] = []
     loaded: list[int] = []
     text = io.BytesIO()
@@ -597,7 +597,7 @@ def test_deep_tree_needs_no_recursion(fresh: SQLiteMetaStore, tmp_path: Path) ->
 
 def test_directories_are_read_in_pages(built: Built, monkeypatch) -> None:
     whole = built.dump_bytes()
-    monkeypatch.setattr(index, "_LIST_PAGE", 2)
+    monkeypatch.setattr(dump_module, "_LIST_PAGE", 2)
     assert built.dump_bytes() == whole
 
 
@@ -794,3 +794,13 @@ def test_sustained_inodes_dump_as_the_juicefs_client_dumps_them(tmp_path: Path) 
         assert tx.get_counter(COUNTER_TOTAL_INODES) == 1  # "kept" only
     assert check_metadata(loaded) == []
     loaded.close()
+
+
+def test_the_old_module_name_still_imports_with_a_deprecation_warning() -> None:
+    import importlib
+    import sys
+
+    sys.modules.pop("volume.index", None)
+    with pytest.warns(DeprecationWarning, match="import volume.dump"):
+        old = importlib.import_module("volume.index")
+    assert old.dump is dump_module.dump and old.migrate is dump_module.migrate
