@@ -168,7 +168,7 @@ class VolumeRawFile(io.RawIOBase):
         return size
 
     def close(self) -> None:
-        """Close the descriptor; the engine publishes buffered writes here."""
+        """Close the descriptor; the engine records buffered writes here."""
         if self.closed:
             return
         try:

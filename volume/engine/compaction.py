@@ -1,6 +1,6 @@
 """Compaction: rewriting a chunk's records as fewer records once writes have fragmented it.
 
-Every published write appends a record to its chunk, so random or tiny writes leave chunks with
+Every recorded write appends a record to its chunk, so random or tiny writes leave chunks with
 thousands of records: each later append rewrites the growing record blob and each read first
 consolidates all of them. The JuiceFS client compacts such chunks; so do we, in the same format,
 with a rule suited to versioned buckets, where replaced blocks are never deleted (older versions

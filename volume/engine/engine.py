@@ -116,7 +116,7 @@ class Engine(NamespaceOps, FileOps, RangeOps):
         self._slice_ids = (0, 0)
         self._closed = False
         self._frozen = False
-        #: set by every metadata write; the lifecycle clears it when it publishes a snapshot
+        #: set by every metadata write; the lifecycle clears it when it commits a snapshot
         self.modified = False
         self._session = 0  # JuiceFS session id, taken when first needed
         if not read_only:
@@ -168,8 +168,8 @@ class Engine(NamespaceOps, FileOps, RangeOps):
             yield tx
 
     @contextlib.contextmanager
-    def _publishing(self) -> Iterator[MetaTxn]:
-        """A write transaction that publishes work accepted earlier (buffered writes, a
+    def _recording(self) -> Iterator[MetaTxn]:
+        """A write transaction that records work accepted earlier (buffered writes, a
         compaction, the deletion of an inode whose last handle went); allowed while frozen."""
         if self.read_only:
             raise fs_error(errno.EROFS)
@@ -209,7 +209,7 @@ class Engine(NamespaceOps, FileOps, RangeOps):
                 nxt, limit = self._slice_ids
                 counter, batch = COUNTER_NEXT_CHUNK, SLICE_BATCH
             if nxt >= limit:
-                with self._publishing() as tx:
+                with self._recording() as tx:
                     limit = tx.add_counter(counter, batch)
                 self.meta_sync()
                 nxt = limit - batch
@@ -228,7 +228,7 @@ class Engine(NamespaceOps, FileOps, RangeOps):
     # ================================================================== shared bookkeeping
 
     def _overlay(self, ino: int, attr: Attr) -> Attr:
-        """Attributes with the unpublished writes of an open inode applied."""
+        """Attributes with the buffered writes of an open inode applied."""
         oi = self._open.get(ino)
         w = oi.writer if oi is not None else None
         if w is not None and w.dirty:
@@ -319,14 +319,14 @@ class Engine(NamespaceOps, FileOps, RangeOps):
         return self._frozen
 
     def drain(self, timeout: float | None = None) -> None:
-        """Publish every buffered write, finish the compactions it asked for, and wait until
+        """Record every buffered write, finish the compactions it asked for, and wait until
         every block is stored. Raises :class:`~volume.errors.VolumeCommitError` (a
         ``VolumeSystemError``) when an upload fails or ``timeout`` passes; a later drain can
         still succeed (the blocks stay buffered)."""
         try:
             self.flush()
         except OSError as exc:  # no room to hand a buffered block over: the store is failing
-            raise VolumeCommitError(f"cannot publish the buffered writes: {exc}") from exc
+            raise VolumeCommitError(f"cannot record the buffered writes: {exc}") from exc
         if self._compactions is not None:
             self._compactions.wait()
         self.blocks.drain(timeout)
@@ -341,8 +341,8 @@ class Engine(NamespaceOps, FileOps, RangeOps):
     def close(self, *, drain: bool = True) -> None:
         """Release the block store (the metadata store stays open).
 
-        With ``drain`` (the default) buffered writes are published and every block is stored
-        first; without it unpublished work is abandoned.
+        With ``drain`` (the default) buffered writes are recorded and every block is stored
+        first; without it buffered work is abandoned.
         """
         if self._closed:
             return

@@ -107,7 +107,7 @@ class FileOps:
                 attr = self._load_attr(ino)
                 oi = self._open[ino] = OpenInode(ino, attr.length)
                 oi.refs += 1
-                return oi, attr  # a new pin has no unpublished writes to overlay
+                return oi, attr  # a new pin has no buffered writes to overlay
             oi.refs += 1
         try:
             return oi, self.getattr(ino)
@@ -129,7 +129,7 @@ class FileOps:
                 oi.writer = None
             drop = oi.unlinked and not self.read_only and not self._frozen
         if drop:
-            with self._publishing() as tx:
+            with self._recording() as tx:
                 attr = tx.get_attr(oi.ino)
                 if attr is not None and attr.nlink <= 0:
                     self._drop_inode(tx, oi.ino, attr)
@@ -206,7 +206,7 @@ class FileOps:
         """Write at ``offset`` (at the end with ``O_APPEND``); returns the bytes written.
 
         A non-owner's write clears the file's set-user-ID and set-group-ID bits (as Linux's
-        ``file_remove_privs``), published with the data.
+        ``file_remove_privs``), recorded with the data.
         """
         h = self._handle(fh)
         if not h.writable:
@@ -233,14 +233,14 @@ class FileOps:
                 sw = w.slices.get(indx)
                 if sw is None or not sw.accepts(pos):
                     if sw is not None:
-                        self._publish(oi, {indx: sw.finish()})
+                        self._record_slices(oi, {indx: sw.finish()})
                     sw = w.slices[indx] = SliceWriter(
                         self.blocks, self._alloc("slice"), pos, oi.ino
                     )
                 sw.write(pos, view[done : done + n])
                 if sw.end == CHUNK_SIZE:  # a full chunk: nothing more can join this slice
                     del w.slices[indx]
-                    self._publish(oi, {indx: sw.finish()})
+                    self._record_slices(oi, {indx: sw.finish()})
                 done += n
             w.length = max(w.length, offset + len(view))
             w.mtime_ns = time.time_ns()
@@ -249,14 +249,14 @@ class FileOps:
                 w.kill_suid_for = h.caller
         return len(view)
 
-    def _publish(self, oi: OpenInode, records: dict[int, SliceRecord]) -> None:
+    def _record_slices(self, oi: OpenInode, records: dict[int, SliceRecord]) -> None:
         """Append finished slices' records (and the length they imply) to the metadata.
 
         Called with ``oi.lock`` held.
         """
         w = oi.writer
         fragmented = []
-        with self._publishing() as tx:
+        with self._recording() as tx:
             attr = self._attr(tx, oi.ino)
             for indx, rec in records.items():
                 count = tx.append_chunk(oi.ino, indx, rec.pack())
@@ -270,7 +270,7 @@ class FileOps:
                     fragmented.append(indx)
             end = max((i * CHUNK_SIZE + r.pos + r.len for i, r in records.items()), default=0)
             if w is not None and not w.slices:
-                end = max(end, w.length)  # everything is published: the full length too
+                end = max(end, w.length)  # everything is recorded: the full length too
             if end > attr.length:
                 self._account_length(tx, oi.ino, attr, end)
             if w is not None and w.mtime_ns:
@@ -287,14 +287,14 @@ class FileOps:
             self._compactions.request(oi.ino, indx)
 
     def _flush_locked(self, oi: OpenInode) -> None:
-        """Publish the inode's buffered writes (``oi.lock`` held)."""
+        """Record the inode's buffered writes (``oi.lock`` held)."""
         w = oi.writer
         if w is None or not w.dirty:
             return
         records = {indx: sw.finish() for indx, sw in w.slices.items()}
         w.slices.clear()
         # an unlinked inode too: its open handles still read it (it goes at the last release)
-        self._publish(oi, records)
+        self._record_slices(oi, records)
         oi.writer = None
 
     def _flush_inode(self, ino: int) -> None:
@@ -304,7 +304,7 @@ class FileOps:
                 self._flush_locked(oi)
 
     def flush(self, fh: int | None = None) -> None:
-        """Publish buffered writes into the metadata store, as a close does, without closing:
+        """Record buffered writes in the metadata store, as a close does, without closing:
         the handle's inode's, or (``fh`` None) every open file's."""
         if fh is not None:
             oi = self._handle(fh).inode
@@ -318,11 +318,11 @@ class FileOps:
                 self._flush_locked(oi)
 
     def flush_all(self) -> None:
-        """Publish the buffered writes of every open file (``flush()``; kept for callers)."""
+        """Record the buffered writes of every open file (``flush()``; kept for callers)."""
         self.flush()
 
     def fsync(self, ino: int) -> None:
-        """fsync(2)/fdatasync(2) of an inode: returns once its writes are published, every block
+        """fsync(2)/fdatasync(2) of an inode: returns once its writes are recorded, every block
         is stored durably and the metadata is durable in the metadata store.
 
         ``OSError(EIO)`` when a block cannot be stored (the data stays buffered).
@@ -331,7 +331,7 @@ class FileOps:
         self.sync(ino)
 
     def sync(self, ino: int | None = None) -> None:
-        """syncfs(2): every published write's blocks stored durably, the metadata durable (with
+        """syncfs(2): every recorded write's blocks stored durably, the metadata durable (with
         ``ino``: that file's blocks, as fsync(2))."""
         try:
             if ino is None:
@@ -517,7 +517,7 @@ class FileOps:
                 writer.abandon()
                 raise
         replacement = plan.records(new_id)
-        with self._publishing() as tx:
+        with self._recording() as tx:
             current = tx.read_chunk(ino, indx)
             if not current.startswith(blob):  # truncated, deleted or rewritten meanwhile
                 if new_id and self.slice_freed is not None:  # the copy is nobody's

@@ -400,7 +400,7 @@ class PathFS:
         self.engine.setattr(f.ino, self.caller, size=length, handle=f.fh)
 
     def fsync(self, fd: int) -> None:
-        """``os.fsync``: buffered writes published and their blocks stored."""
+        """``os.fsync``: buffered writes recorded and their blocks stored."""
         self.engine.fsync(self._file(fd).ino)
 
     def fallocate(self, fd: int, mode: int, offset: int, length: int) -> None:

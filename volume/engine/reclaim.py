@@ -24,7 +24,7 @@ rolled-back one leaves the count above zero: nothing is deleted), makes the stor
 waits for the slice's uploads still in flight, drops the open inode's cached chunk maps (under
 its lock, so a read in progress ends first) and deletes its blocks. A slice whose count is zero
 has no record left to read or clone, so it can never come back; a still-open file's buffered
-writes are unpublished slices of their own, and an unlinked-but-open inode keeps its records
+writes are unrecorded slices of their own, and an unlinked-but-open inode keeps its records
 until its last close.
 
 Lock order: the engine's table lock, then this reclaimer's lock, then the engine's id lock, then

@@ -74,7 +74,7 @@ class SliceWriter:
                 self.frozen += bs
 
     def finish(self) -> SliceRecord:
-        """Hand over the tail and return the record that publishes this slice."""
+        """Hand over the tail and return the slice's record, to be appended to its chunk."""
         if self.buf is not None and self.fill:
             held = len(self.buf)
             del self.buf[self.fill :]
@@ -97,17 +97,17 @@ class SliceWriter:
 
 @dataclass
 class FileWriter:
-    """Unpublished writes of one inode: open slices per chunk plus the length/mtime they imply."""
+    """Buffered writes of one inode: open slices per chunk plus the length/mtime they imply."""
 
     length: int
     slices: dict[int, SliceWriter] = field(default_factory=dict)
     mtime_ns: int = 0
     dirty: bool = False
-    #: the caller whose write must clear set-user-ID/set-group-ID bits when it is published
+    #: the caller whose write must clear set-user-ID/set-group-ID bits when it is recorded
     kill_suid_for: Caller | None = None
 
     def abandon(self) -> None:
-        """Drop every unpublished slice (after a failure that was reported to the caller)."""
+        """Drop every unrecorded slice (after a failure that was reported to the caller)."""
         for sw in self.slices.values():
             sw.abandon()
         self.slices.clear()
