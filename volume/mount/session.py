@@ -1,0 +1,288 @@
+"""The libfuse session of a FUSE mount: mfusepy's ``FUSE`` with the calls it drops passed on.
+
+:class:`LibfuseSession` runs libfuse's multithreaded loop (in its constructor) and hands each
+call to an :class:`~volume.mount.operations.EngineOperations`; for the commonest calls it fills
+libfuse's C structs itself (one ``struct.pack_into`` per ``struct stat``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import operator
+import struct
+import threading
+from typing import Any
+
+from ..engine import NOW
+from ..engine.posix import TYPE_TO_IFMT as _IFMT
+from ..errors import VolumeSystemError
+from ..juicefs import Attr
+from ._libfuse import mfusepy, python_api
+from .operations import EngineOperations
+
+log = logging.getLogger("volume.mount.fuse")
+
+__all__ = ["LibfuseSession"]
+
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+FUSE_READDIR_PLUS = 1  # readdir flag: the kernel wants attributes with the names
+FUSE_FILL_DIR_PLUS = 2  # filler flag: this entry carries full attributes
+
+
+class LibfuseSession(mfusepy.FUSE if mfusepy is not None else object):  # type: ignore[misc]
+    """mfusepy's ``FUSE`` (which runs the loop in its constructor) with what it drops passed on.
+
+    mfusepy's libfuse 3 callbacks drop rename's flags, the open file of truncate / chmod / chown /
+    utimens, UTIME_NOW / UTIME_OMIT, and readdirplus attributes; it inspects ``create``'s
+    signature on every call, copies every write, accepts only ``bytes`` from ``read``, and answers
+    EINVAL for failures that are not ``OSError``. These overrides pass the arguments through, hand
+    writes over as views, copy any bytes-like read result, and answer EIO for failures of the
+    system (the stores, bugs), logging them.
+
+    Each libfuse worker thread keeps one Python thread state for all its calls (ctypes would
+    create and destroy one per call, a good part of a call's cost); they are deleted once the
+    loop, which joins its workers, has ended.
+    """
+
+    def __init__(self, operations: Any, mountpoint: str, **kwargs: Any) -> None:
+        self._loop_thread = threading.get_ident()
+        self._kept_states: dict[int, int] = {}  # worker thread -> its PyThreadState
+        try:
+            super().__init__(operations, mountpoint, **kwargs)
+        finally:
+            for state in self._kept_states.values():
+                python_api().PyThreadState_Clear(state)
+                python_api().PyThreadState_Delete(state)
+            self._kept_states.clear()
+
+    def _wrapper(self, func: Any, *args: Any, **kwargs: Any) -> int:
+        ident = threading.get_ident()
+        if ident not in self._kept_states and ident != self._loop_thread:
+            api = python_api()
+            api.PyGILState_Ensure()  # a second hold: ctypes' release leaves the state alive
+            self._kept_states[ident] = api.PyThreadState_Get()
+        try:
+            return func(*args, **kwargs) or 0
+        except OSError as exc:
+            if exc.errno and exc.errno > 0 and not isinstance(exc, VolumeSystemError):
+                return -exc.errno
+            log.error("FUSE %s failed: %s", func.__name__, exc)
+        except BaseException:
+            log.exception("FUSE %s failed", func.__name__)
+        return -errno.EIO
+
+    def _str(self, path: bytes | None) -> str | None:
+        return None if path is None else path.decode(self.encoding, self.errors)
+
+    @staticmethod
+    def _fh(fip: Any) -> int | None:
+        return fip.contents.fh if fip else None
+
+    def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
+        return self.operations.rename(self._str(old), self._str(new), flags)
+
+    def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
+        return self.operations.truncate(self._str(path), length, self._fh(fip))
+
+    def chmod_fuse_3(self, path: bytes | None, mode: int, fip: Any) -> int:
+        return self.operations.chmod(self._str(path), mode, self._fh(fip))
+
+    def chown_fuse_3(self, path: bytes | None, uid: int, gid: int, fip: Any) -> int:
+        # (uid_t) -1 and (gid_t) -1 mean "unchanged"
+        uid = -1 if uid == 0xFFFFFFFF else uid
+        gid = -1 if gid == 0xFFFFFFFF else gid
+        return self.operations.chown(self._str(path), uid, gid, self._fh(fip))
+
+    def utimens_fuse_3(self, path: bytes | None, buf: Any, fip: Any) -> int:
+        if buf:
+            atime, mtime = (_utime(ts) for ts in (buf.contents.actime, buf.contents.modtime))
+        else:
+            atime = mtime = NOW
+        return self.operations.utimens(self._str(path), atime, mtime, self._fh(fip))
+
+    def create(self, path: bytes, mode: int, fip: Any) -> int:
+        fi = fip.contents
+        fi.fh = self.operations.create(self._str(path), mode, fi.flags)
+        return 0
+
+    def copy_file_range(
+        self, path_in: bytes | None, fip_in: Any, off_in: int,
+        path_out: bytes | None, fip_out: Any, off_out: int, size: int, flags: int,
+    ) -> int:  # fmt: skip
+        # mfusepy declares the callback but has no wrapper for it
+        return self.operations.copy_file_range(
+            self._str(path_in), fip_in.contents.fh, off_in,
+            self._str(path_out), fip_out.contents.fh, off_out, size, flags,
+        )  # fmt: skip
+
+    def fgetattr(self, path: bytes | None, buf: Any, fip: Any) -> int:
+        # mfusepy's, with the stat packed in one go (getattr is the commonest call)
+        ops = self.operations
+        if type(ops).getattr is EngineOperations.getattr:
+            _pack_stat(buf.contents, *ops.attributes(self._str(path), self._fh(fip)))
+        else:  # the benchmark's do-nothing server answers with a dict
+            ctypes.memset(buf, 0, ctypes.sizeof(mfusepy.c_stat))
+            _fill_stat(buf.contents, ops.getattr(self._str(path), self._fh(fip)))
+        return 0
+
+    def getxattr(self, path: bytes, name: bytes, value: Any, size: int, *args: Any) -> int:
+        # the usual answer returned, not raised: an exception through mfusepy's wrapper costs
+        # as much as the rest of the call
+        ops = self.operations
+        if type(ops).getxattr is EngineOperations.getxattr:
+            miss = ops.known_xattr_miss(self._str(path), name.decode(self.encoding, self.errors))
+            if miss:
+                return -miss
+        return super().getxattr(path, name, value, size, *args)
+
+    def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
+        ops = self.operations
+        if type(ops).read is EngineOperations.read:  # into libfuse's buffer, no copy between
+            target = ctypes.cast(buf, ctypes.POINTER(ctypes.c_char * size)).contents
+            return ops.read_into(self._str(path), memoryview(target).cast("B"), offset,
+                                 fip.contents.fh)  # fmt: skip
+        # the benchmark's do-nothing server answers with any bytes-like object
+        data = ops.read(self._str(path), size, offset, fip.contents.fh)
+        n = len(data)
+        if n:
+            target = ctypes.cast(buf, ctypes.POINTER(ctypes.c_char * n)).contents
+            memoryview(target).cast("B")[:] = data
+        return n
+
+    def write(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
+        # a view of libfuse's request buffer, not a copy: the engine copies what it keeps
+        data = ctypes.cast(buf, ctypes.POINTER(ctypes.c_char * size)).contents
+        return self.operations.write(self._str(path), memoryview(data), offset, fip.contents.fh)
+
+    def readdir_fuse_3(
+        self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int
+    ) -> int:
+        """Entries go to libfuse with their positions as offsets: libfuse 3 (before 3.17)
+        passes the attributes of a listing to the kernel only then (given offset 0, it buffers
+        the whole listing and sends its attributes marked unusable, so the kernel looks every
+        name up again), and each request reads one page of the directory, not all of it."""
+        plus = bool(flags & FUSE_READDIR_PLUS)
+        ops = self.operations
+        st = mfusepy.c_stat()
+        if type(ops).readdir is EngineOperations.readdir:
+            entries = ops.entries(self._str(path), fip.contents.fh, offset, plus)
+            for name, position, ino, node_type, attr in entries:
+                fill_flags = 0
+                if attr is not None:
+                    _pack_stat(st, ino, attr)
+                    fill_flags = FUSE_FILL_DIR_PLUS
+                elif ino:
+                    _STAT.pack_into(st, 0, *_STAT_ORDER((ino, 0, _IFMT[node_type]) + _ZEROS))
+                if filler(buf, name, st if ino else None, position, fill_flags):
+                    entries.close()
+                    break  # libfuse's buffer is full
+            return 0
+        for name, attrs in self.operations.readdir(self._str(path), fip.contents.fh, plus):
+            if attrs is None:
+                fill, fill_flags = None, 0
+            else:
+                ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
+                _fill_stat(st, attrs)
+                fill = st
+                fill_flags = FUSE_FILL_DIR_PLUS if plus and name not in (b".", b"..") else 0
+            if filler(buf, name, fill, 0, fill_flags):
+                break  # libfuse's buffer is full
+        return 0
+
+
+
+_TIMESPECS = {"st_atime": "st_atimespec", "st_mtime": "st_mtimespec", "st_ctime": "st_ctimespec"}
+# The fields _pack_stat fills, in this order; the rest of the struct (st_dev, padding) is zeroed.
+_STAT_FIELDS = (
+    "st_ino", "st_nlink", "st_mode", "st_uid", "st_gid", "st_rdev", "st_size", "st_blksize",
+    "st_blocks", "st_atimespec", "st_mtimespec", "st_ctimespec",
+)  # fmt: skip
+_ZEROS = (0,) * 12  # the values after st_ino, st_nlink, st_mode
+_NS = 1_000_000_000
+
+
+def _stat_struct() -> tuple[struct.Struct, Any]:
+    """A ``struct.Struct`` laid out as libfuse's ``struct stat`` (from mfusepy's ctypes
+    declaration of this platform), and the function that puts values given in
+    :data:`_STAT_FIELDS` order (times as seconds, nanoseconds) into the struct's order."""
+    if mfusepy is None:
+        return struct.Struct(""), None
+    codes = {1: "b", 2: "h", 4: "i", 8: "q"}
+
+    def code(ctype: Any) -> str:
+        c = codes[ctypes.sizeof(ctype)]
+        return c if ctype._type_.islower() else c.upper()
+
+    fields = {n: (getattr(mfusepy.c_stat, n), t) for n, t, *_ in mfusepy.c_stat._fields_}
+    fmt, pos, order = "=", 0, []
+    for name in sorted(_STAT_FIELDS, key=lambda n: fields[n][0].offset):
+        desc, ctype = fields[name]
+        if desc.offset > pos:
+            fmt += f"{desc.offset - pos}x"
+        if name.endswith("timespec"):
+            fmt += "".join(code(t) for _, t in ctype._fields_)
+            at = 9 + 2 * (_STAT_FIELDS.index(name) - 9)
+            order += [at, at + 1]
+        else:
+            fmt += code(ctype)
+            order.append(_STAT_FIELDS.index(name))
+        pos = desc.offset + desc.size
+    fmt += f"{ctypes.sizeof(mfusepy.c_stat) - pos}x"
+    packer = struct.Struct(fmt)
+    assert packer.size == ctypes.sizeof(mfusepy.c_stat)
+    if order == sorted(order):
+        return packer, lambda values: values
+    pick = operator.itemgetter(*order)
+    return packer, pick
+
+
+_STAT, _STAT_ORDER = _stat_struct()
+
+
+def _pack_stat(st: Any, ino: int, attr: Attr) -> None:
+    """Fill a ``struct stat`` with an inode's attributes in one call (what :func:`_stat`
+    reports, every other byte zero)."""
+    length = attr.length
+    a, m, c = attr.atime_ns, attr.mtime_ns, attr.ctime_ns
+    _STAT.pack_into(st, 0, *_STAT_ORDER((
+        ino, attr.nlink, _IFMT[attr.type] | attr.mode, attr.uid, attr.gid, attr.rdev, length,
+        4096, (length + 511) // 512, a // _NS, a % _NS, m // _NS, m % _NS, c // _NS, c % _NS,
+    )))  # fmt: skip
+
+
+if _STAT_ORDER is not None and _STAT_ORDER(tuple(range(15))) == tuple(range(15)):  # usual layout
+
+    def _pack_stat(  # noqa: F811  (the same, without the reordering)
+        st: Any, ino: int, attr: Attr, _pack: Any = _STAT.pack_into
+    ) -> None:
+        length = attr.length
+        a, m, c = attr.atime_ns, attr.mtime_ns, attr.ctime_ns
+        _pack(
+            st, 0, ino, attr.nlink, _IFMT[attr.type] | attr.mode, attr.uid, attr.gid, attr.rdev,
+            length, 4096, (length + 511) // 512, a // _NS, a % _NS, m // _NS, m % _NS, c // _NS,
+            c % _NS,
+        )  # fmt: skip
+
+
+def _fill_stat(st: Any, attrs: dict[str, int]) -> None:
+    """``mfusepy.set_st_attrs(st, attrs, use_ns=True)`` for the keys :func:`_stat` makes (all
+    fields of the struct), without its per-key probing of the struct."""
+    for key, value in attrs.items():
+        spec = _TIMESPECS.get(key)
+        if spec is None:
+            setattr(st, key, value)
+        else:
+            ts = getattr(st, spec)
+            ts.tv_sec, ts.tv_nsec = divmod(value, 1_000_000_000)
+
+
+def _utime(ts: Any) -> int | object | None:
+    if ts.tv_nsec == UTIME_NOW:
+        return NOW
+    if ts.tv_nsec == UTIME_OMIT:
+        return None
+    return ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+
