@@ -149,7 +149,8 @@ SIGNALLED = textwrap.dedent(
         with open(mnt + "/kept.txt", "w") as f:
             f.write("written before the signal")
         print("ready", flush=True)
-        time.sleep(3600)
+        while True:  # short sleeps: CPython runs a handler only between bytecodes, so a signal
+            time.sleep(0.1)  # landing just before a long sleep began would wait for its end
     """
 )
 
