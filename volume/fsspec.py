@@ -647,8 +647,8 @@ def _stage(version: "ROVolume") -> tuple[Any, "ObjectStore", Path]:
     tmp = Path(tempfile.mkdtemp(prefix="volume-read-"))
     try:
         download = tmp / "download"
-        fetch_index(version, objects, download)  # every index form a mount reads; hash checked
-        store_cls.restore(download, tmp / "meta")
+        verified = fetch_index(version, objects, download)  # every index form a mount reads
+        store_cls.restore(download, tmp / "meta", verified=verified)
         download.unlink()
     except BaseException:
         objects.close()

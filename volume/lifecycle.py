@@ -198,8 +198,9 @@ def _key_of(objects: ObjectStore, uri: str) -> str:
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
-def fetch_index(volume: "Volume", objects: ObjectStore, dest: Path) -> None:
-    """Download the volume's index to ``dest`` and verify it against ``index.hash``.
+def fetch_index(volume: "Volume", objects: ObjectStore, dest: Path) -> bool:
+    """Download the volume's index to ``dest`` and verify it against ``index.hash``; whether it
+    had a hash to match (then a store's restore may skip its own checks for damage).
 
     The index may be anywhere the volume's object store or fsspec can read: a key of the volume's
     own store (in the store's URI form, or as a plain path for ``file`` buckets), another
@@ -238,6 +239,7 @@ def fetch_index(volume: "Volume", objects: ObjectStore, dest: Path) -> None:
     except BaseException:
         dest.unlink(missing_ok=True)
         raise
+    return bool(index.hash)
 
 
 def _digest(path: Path, recorded: str) -> str:
@@ -428,8 +430,8 @@ def _stage_index(
     md.clear(store_cls)
     download = md.path / f".download-{secrets.token_hex(4)}"
     try:
-        fetch_index(volume, objects, download)
-        store_cls.restore(download, md.path)
+        verified = fetch_index(volume, objects, download)
+        store_cls.restore(download, md.path, verified=verified)
     finally:
         download.unlink(missing_ok=True)
     md.set_marker(

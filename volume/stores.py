@@ -356,10 +356,16 @@ class MetaStore(ABC):
 
     @classmethod
     @abstractmethod
-    def restore(cls, index_path: str | Path, meta_dir: str | Path) -> None:
+    def restore(
+        cls, index_path: str | Path, meta_dir: str | Path, *, verified: bool = False
+    ) -> None:
         """Place a snapshot made by :meth:`snapshot` into ``meta_dir`` so :meth:`open` opens it.
 
         Raises :class:`~volume.errors.VolumeIndexCorrupt` when the file is not a valid index.
+        ``verified``: the caller matched the file against a hash recorded when the snapshot was
+        made (a committed version's index), so its bytes are the ones :meth:`snapshot` wrote;
+        the store may then skip the checks that only find damage (a scan of the whole file),
+        but still refuses a file that is not an index of its kind.
         """
 
     @abstractmethod

@@ -690,6 +690,25 @@ def test_a_reused_local_index_must_match_the_hash_too(bucket: str, tmp_path: Pat
         forged.mount(meta_dir=meta, transport="none")
 
 
+def test_only_an_index_that_matched_its_hash_skips_the_stores_damage_checks(
+    bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from volume_sqlite import SQLiteMetaStore
+
+    real, seen = SQLiteMetaStore.restore.__func__, []
+
+    def spy(cls, index_path, meta_dir, *, verified=False):  # type: ignore[no-untyped-def]
+        seen.append(verified)
+        return real(cls, index_path, meta_dir, verified=verified)
+
+    base = committed(bucket)
+    monkeypatch.setattr(SQLiteMetaStore, "restore", classmethod(spy))
+    for vol in (base, located(base, base.index.path, hash=None)):  # hashed, then not
+        with vol.mount(transport="none") as ro:
+            assert files(ro) == {"a.txt": b"alpha"}
+    assert seen == [True, False]
+
+
 # =========================================================================== smaller seed rules
 
 

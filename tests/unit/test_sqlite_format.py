@@ -455,6 +455,23 @@ def test_read_only_open_changes_nothing(store: SQLiteMetaStore, tmp_path: Path) 
         assert md5(path) == digest
 
 
+def test_a_verified_restore_skips_the_page_scan(
+    store: SQLiteMetaStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """quick_check reads every page; a file that matched its recorded hash skips it (the
+    schema, Format and root inode are still checked)."""
+    import volume_sqlite._store as sqlite_store
+
+    populate(store)
+    store.snapshot(tmp_path / "index.db")
+    monkeypatch.setattr(sqlite_store, "_QUICK_CHECK", "SELECT 'the scan ran'")
+    with pytest.raises(VolumeIndexCorrupt, match="the scan ran"):
+        SQLiteMetaStore.restore(tmp_path / "index.db", tmp_path / "checked")
+    SQLiteMetaStore.restore(tmp_path / "index.db", tmp_path / "verified", verified=True)
+    with read_through_store(tmp_path / "verified") as txn:
+        assert txn.get_attr(2) is not None
+
+
 def test_read_only_open_of_a_restored_index_takes_no_file_lock(
     store: SQLiteMetaStore, tmp_path: Path
 ) -> None:

@@ -737,6 +737,27 @@ class MetaStoreTests:
         type(read_only).restore(tmp_path / "index", tmp_path / "restored")
         assert store_contents(open_store(tmp_path / "restored", read_only=True)) == before
 
+    def test_verified_restore_round_trips(
+        self, populated: MetaStore, open_store: StoreOpener, tmp_path: Path
+    ) -> None:
+        """``verified=True`` (the file matched its recorded hash) restores the same store."""
+        before = store_contents(populated)
+        populated.snapshot(tmp_path / "index")
+        type(populated).restore(tmp_path / "index", tmp_path / "restored", verified=True)
+        assert store_contents(open_store(tmp_path / "restored", read_only=True)) == before
+
+    @pytest.mark.parametrize("damage", ["empty", "random", "missing"])
+    def test_verified_restore_still_refuses_a_file_of_another_kind(
+        self, populated: MetaStore, tmp_path: Path, damage: str
+    ) -> None:
+        """A verified restore may skip scans for damage, not the check of what the file is."""
+        index = tmp_path / "index"
+        if damage != "missing":
+            index.write_bytes(b"" if damage == "empty" else os.urandom(1 << 16))
+        with pytest.raises(VolumeIndexCorrupt):
+            type(populated).restore(index, tmp_path / "restored", verified=True)
+        assert not (tmp_path / "restored" / populated.index_filename).exists()
+
     @pytest.mark.parametrize("damage", ["empty", "random", "truncated", "missing"])
     def test_restore_of_a_corrupt_index_raises(
         self, populated: MetaStore, tmp_path: Path, damage: str

@@ -190,16 +190,18 @@ class RedisMetaStore(MetaStore):
         return cls(meta_dir, server, read_only)
 
     @classmethod
-    def restore(cls, index_path: str | Path, meta_dir: str | Path) -> None:
+    def restore(
+        cls, index_path: str | Path, meta_dir: str | Path, *, verified: bool = False
+    ) -> None:
         """Install the RDB snapshot ``index_path`` as ``<meta_dir>/meta.rdb``, atomically.
 
-        The file is checked first with ``redis-check-rdb`` (structure and CRC64 of the whole
-        file); a bad file raises :class:`~volume.errors.VolumeIndexCorrupt` and leaves
-        ``meta_dir`` as it was. A server left running for ``meta_dir`` by a dead process is
-        stopped first.
+        The file is checked first: its RDB header, then (unless ``verified``) ``redis-check-rdb``
+        (structure and CRC64 of the whole file); a bad file raises
+        :class:`~volume.errors.VolumeIndexCorrupt` and leaves ``meta_dir`` as it was. A server
+        left running for ``meta_dir`` by a dead process is stopped first.
         """
         index_path, meta_dir = Path(index_path), Path(meta_dir).resolve()
-        _check_rdb_file(index_path)
+        _check_rdb_file(index_path, scan=not verified)
         meta_dir.mkdir(parents=True, exist_ok=True)
         stop_stale(meta_dir)
         remove_journal(meta_dir)  # it would be loaded instead of the restored RDB
@@ -829,8 +831,9 @@ def _records(blob: bytes) -> list[bytes]:
     return [blob[i : i + SLICE_RECORD_SIZE] for i in range(0, len(blob), SLICE_RECORD_SIZE)]
 
 
-def _check_rdb_file(path: Path) -> None:
-    """Raise VolumeIndexCorrupt unless ``path`` is a complete, intact RDB file."""
+def _check_rdb_file(path: Path, scan: bool = True) -> None:
+    """Raise VolumeIndexCorrupt unless ``path`` is an RDB file, complete and intact (``scan``:
+    by redis-check-rdb, which reads it all)."""
     try:
         with open(path, "rb") as f:
             head = f.read(9)
@@ -841,7 +844,7 @@ def _check_rdb_file(path: Path) -> None:
             f"{path} is not a Redis RDB file ({path.stat().st_size} bytes without the REDIS "
             f"header); it is empty, truncated or another kind of file"
         )
-    problem = check_rdb(path)
+    problem = check_rdb(path) if scan else None
     if problem is not None:
         raise VolumeIndexCorrupt(
             f"{path} is a damaged or truncated Redis RDB file ({problem}); it cannot be used as "
