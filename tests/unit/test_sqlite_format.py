@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -476,8 +475,8 @@ def test_read_only_open_of_a_restored_index_takes_no_file_lock(
     store: SQLiteMetaStore, tmp_path: Path
 ) -> None:
     """A restored index is opened immutable: its reads take no lock and reread no header, so
-    a lock another connection holds on the file does not stall them (a locking reader would
-    wait its 5 s busy timeout, then fail)."""
+    a lock another connection holds on the file does not stop them (a locking reader would
+    wait out its 5 s busy timeout, then fail with "database is locked")."""
     populate(store)
     store.snapshot(tmp_path / "index.db")
     SQLiteMetaStore.restore(tmp_path / "index.db", tmp_path / "restored")
@@ -485,11 +484,9 @@ def test_read_only_open_of_a_restored_index_takes_no_file_lock(
     with closing(SQLiteMetaStore.open(path.parent, read_only=True)) as ro:
         with closing(sqlite3.connect(path, isolation_level=None)) as locker:
             locker.execute("BEGIN EXCLUSIVE")
-            started = time.monotonic()
             assert ro.read_attr(2) is not None
             with ro.transaction() as txn:
                 assert txn.read_chunk(2, 0) != b""
-            assert time.monotonic() - started < 2.0
             locker.execute("ROLLBACK")
     assert side_files(path) == []
 
