@@ -648,8 +648,7 @@ def _stage(version: "ROVolume") -> tuple[Any, "ObjectStore", Path]:
     try:
         download = tmp / "download"
         verified = fetch_index(version, objects, download)  # every index form a mount reads
-        store_cls.restore(download, tmp / "meta", verified=verified)
-        download.unlink()
+        store_cls.restore(download, tmp / "meta", verified=verified, move=True)
     except BaseException:
         objects.close()
         shutil.rmtree(tmp, ignore_errors=True)

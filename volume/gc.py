@@ -211,8 +211,7 @@ def _open_index_key(objects: "ObjectStore", key: str, store_cls: Any) -> Iterato
     tmp = Path(tempfile.mkdtemp(prefix="volume-gc-"))
     try:
         objects.get_file(key, tmp / "download")
-        store_cls.restore(tmp / "download", tmp / "meta")
-        (tmp / "download").unlink()
+        store_cls.restore(tmp / "download", tmp / "meta", move=True)
         meta = store_cls.open(tmp / "meta", read_only=True)
         try:
             yield meta

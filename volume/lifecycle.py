@@ -431,7 +431,7 @@ def _stage_index(
     download = md.path / f".download-{secrets.token_hex(4)}"
     try:
         verified = fetch_index(volume, objects, download)
-        store_cls.restore(download, md.path, verified=verified)
+        store_cls.restore(download, md.path, verified=verified, move=True)
     finally:
         download.unlink(missing_ok=True)
     md.set_marker(

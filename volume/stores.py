@@ -10,6 +10,9 @@ of :class:`MetaTxn`. The normative description is ``spec/stores.md``.
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
+import shutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -357,7 +360,12 @@ class MetaStore(ABC):
     @classmethod
     @abstractmethod
     def restore(
-        cls, index_path: str | Path, meta_dir: str | Path, *, verified: bool = False
+        cls,
+        index_path: str | Path,
+        meta_dir: str | Path,
+        *,
+        verified: bool = False,
+        move: bool = False,
     ) -> None:
         """Place a snapshot made by :meth:`snapshot` into ``meta_dir`` so :meth:`open` opens it.
 
@@ -365,7 +373,9 @@ class MetaStore(ABC):
         ``verified``: the caller matched the file against a hash recorded when the snapshot was
         made (a committed version's index), so its bytes are the ones :meth:`snapshot` wrote;
         the store may then skip the checks that only find damage (a scan of the whole file),
-        but still refuses a file that is not an index of its kind.
+        but still refuses a file that is not an index of its kind. ``move``: the caller gives
+        the file up, so it may be renamed into place rather than copied (see
+        :func:`place_file`); it is gone once the restore succeeded.
         """
 
     @abstractmethod
@@ -402,6 +412,22 @@ class MetaStore(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def place_file(source: Path, dest: Path, *, move: bool) -> None:
+    """Put ``source``'s bytes at ``dest`` for a :meth:`MetaStore.restore`: a rename when the
+    caller gave the file up (``move``) and both lie on one file system, else a copy (a moved file
+    from another file system is removed after its copy)."""
+    if move:
+        try:
+            os.replace(source, dest)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+    shutil.copyfile(source, dest)
+    if move:
+        source.unlink()
 
 
 def parse_stored_format(text: str | bytes | None, *, missing: str, holder: str) -> Format:

@@ -697,9 +697,9 @@ def test_only_an_index_that_matched_its_hash_skips_the_stores_damage_checks(
 
     real, seen = SQLiteMetaStore.restore.__func__, []
 
-    def spy(cls, index_path, meta_dir, *, verified=False):  # type: ignore[no-untyped-def]
+    def spy(cls, index_path, meta_dir, *, verified=False, **kwargs):  # type: ignore[no-untyped-def]
         seen.append(verified)
-        return real(cls, index_path, meta_dir, verified=verified)
+        return real(cls, index_path, meta_dir, verified=verified, **kwargs)
 
     base = committed(bucket)
     monkeypatch.setattr(SQLiteMetaStore, "restore", classmethod(spy))

@@ -746,6 +746,18 @@ class MetaStoreTests:
         type(populated).restore(tmp_path / "index", tmp_path / "restored", verified=True)
         assert store_contents(open_store(tmp_path / "restored", read_only=True)) == before
 
+    def test_a_restore_that_may_move_the_file_consumes_it(
+        self, populated: MetaStore, open_store: StoreOpener, tmp_path: Path
+    ) -> None:
+        """``move=True``: the file is renamed into place (or copied, then removed)."""
+        before = store_contents(populated)
+        index = tmp_path / "restored" / "download"
+        index.parent.mkdir()
+        populated.snapshot(index)
+        type(populated).restore(index, tmp_path / "restored", verified=True, move=True)
+        assert not index.exists()
+        assert store_contents(open_store(tmp_path / "restored", read_only=True)) == before
+
     @pytest.mark.parametrize("damage", ["empty", "random", "missing"])
     def test_verified_restore_still_refuses_a_file_of_another_kind(
         self, populated: MetaStore, tmp_path: Path, damage: str

@@ -57,7 +57,7 @@ from volume.juicefs import (
     Format,
 )
 from volume.pins import FOREIGN_CHUNK
-from volume.stores import MetaStore, MetaStoreCapabilities, parse_stored_format
+from volume.stores import MetaStore, MetaStoreCapabilities, parse_stored_format, place_file
 
 from . import _codec as codec
 from . import _scripts
@@ -191,14 +191,20 @@ class RedisMetaStore(MetaStore):
 
     @classmethod
     def restore(
-        cls, index_path: str | Path, meta_dir: str | Path, *, verified: bool = False
+        cls,
+        index_path: str | Path,
+        meta_dir: str | Path,
+        *,
+        verified: bool = False,
+        move: bool = False,
     ) -> None:
         """Install the RDB snapshot ``index_path`` as ``<meta_dir>/meta.rdb``, atomically.
 
         The file is checked first: its RDB header, then (unless ``verified``) ``redis-check-rdb``
         (structure and CRC64 of the whole file); a bad file raises
         :class:`~volume.errors.VolumeIndexCorrupt` and leaves ``meta_dir`` as it was. A server
-        left running for ``meta_dir`` by a dead process is stopped first.
+        left running for ``meta_dir`` by a dead process is stopped first. With ``move`` the file
+        is renamed into place rather than copied (when it lies on the same file system).
         """
         index_path, meta_dir = Path(index_path), Path(meta_dir).resolve()
         _check_rdb_file(index_path, scan=not verified)
@@ -207,7 +213,7 @@ class RedisMetaStore(MetaStore):
         remove_journal(meta_dir)  # it would be loaded instead of the restored RDB
         staging = meta_dir / f".{INDEX_FILENAME}.restoring"
         try:
-            shutil.copyfile(index_path, staging)
+            place_file(index_path, staging, move=move)
             _fsync(staging)
             os.replace(staging, meta_dir / INDEX_FILENAME)
         finally:

@@ -8,7 +8,6 @@ opened read-only without side files and mounted by the JuiceFS client.
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 import threading
 from contextlib import closing
@@ -24,7 +23,7 @@ from volume.juicefs import (
     Attr,
     Format,
 )
-from volume.stores import MetaStore, MetaStoreCapabilities, parse_stored_format
+from volume.stores import MetaStore, MetaStoreCapabilities, parse_stored_format, place_file
 
 from ._schema import FORMAT_COUNTERS, JUICEFS_SCHEMA
 from ._txn import GET_ATTR, SQLiteTxn, _attr_from_row, translate_error
@@ -123,7 +122,12 @@ class SQLiteMetaStore(MetaStore):
 
     @classmethod
     def restore(
-        cls, index_path: str | Path, meta_dir: str | Path, *, verified: bool = False
+        cls,
+        index_path: str | Path,
+        meta_dir: str | Path,
+        *,
+        verified: bool = False,
+        move: bool = False,
     ) -> None:
         """Install the snapshot ``index_path`` as ``<meta_dir>/meta.db``, atomically.
 
@@ -132,8 +136,9 @@ class SQLiteMetaStore(MetaStore):
         inode); any failure raises :class:`~volume.errors.VolumeIndexCorrupt` and leaves
         ``meta_dir`` as it was. (``quick_check`` reads every page: half of a cold mount of a
         large index, and needless once the file matched its recorded hash.)
-        The copy is put in rollback-journal mode, and stale ``-wal``/``-shm`` files of a
-        previous ``meta.db`` are removed before the copy is renamed over it.
+        The copy (the file itself with ``move``) is put in rollback-journal mode, and stale
+        ``-wal``/``-shm`` files of a previous ``meta.db`` are removed before it is renamed over
+        it.
         """
         index_path, meta_dir = Path(index_path), Path(meta_dir)
         _check_sqlite_header(index_path)
@@ -149,7 +154,7 @@ class SQLiteMetaStore(MetaStore):
         staging = meta_dir / f".{cls.index_filename}.restoring"
         _remove_database(staging)
         try:
-            shutil.copyfile(index_path, staging)
+            place_file(index_path, staging, move=move)
             _use_rollback_journal(staging)
             _fsync(staging)
         except BaseException:
