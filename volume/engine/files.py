@@ -86,29 +86,26 @@ class FileOps:
 
     # ------------------------------------------------------------------ pins and handles
 
-    def _pin(self, ino: int, length: int | None = None) -> OpenInode:
+    def _pin(self, ino: int, length: int | None = None) -> tuple[OpenInode, Attr | None]:
         """The inode's shared state, created when absent (with ``length``, or the length read
-        from the metadata: a file just created passes its 0)."""
+        from the metadata: a file just created passes its 0); and the attributes read to create
+        it (None when none were read)."""
         with self._table_lock:
-            oi = self._open.get(ino)
+            oi, attr = self._open.get(ino), None
             if oi is None:
                 if length is None:
-                    length = self._load_attr(ino).length
+                    attr = self._load_attr(ino)
+                    length = attr.length
                 oi = self._open[ino] = OpenInode(ino, length)
             oi.refs += 1
-            return oi
+            return oi, attr
 
     def _pin_attr(self, ino: int) -> tuple[OpenInode, Attr]:
         """Pin the inode and read its attributes (as getattr answers them). An inode nobody
         has pinned is read once, for both: opening a file costs one metadata read, not two."""
-        with self._table_lock:
-            oi = self._open.get(ino)
-            if oi is None:
-                attr = self._load_attr(ino)
-                oi = self._open[ino] = OpenInode(ino, attr.length)
-                oi.refs += 1
-                return oi, attr  # a new pin has no buffered writes to overlay
-            oi.refs += 1
+        oi, attr = self._pin(ino)
+        if attr is not None:
+            return oi, attr  # a new pin has no buffered writes to overlay
         try:
             return oi, self.getattr(ino)
         except BaseException:
@@ -182,7 +179,7 @@ class FileOps:
             if attr.type == TYPE_DIRECTORY:
                 raise fs_error(errno.EISDIR, name) from None
             return self.open(ino, flags & ~os.O_CREAT, caller), ino, self.getattr(ino)
-        return self._new_handle(self._pin(ino, 0), flags, caller), ino, attr
+        return self._new_handle(self._pin(ino, 0)[0], flags, caller), ino, attr
 
     def release(self, fh: int) -> None:
         """Close a handle; the last close of an unlinked inode deletes it."""
@@ -441,7 +438,7 @@ class FileOps:
 
     def _truncate(self, ino: int, size: int, caller: Caller, handle: int | None) -> None:
         """Set a file's length (truncate(2) / ftruncate(2))."""
-        oi = self._pin(ino)
+        oi, _ = self._pin(ino)
         try:
             with oi.lock:
                 self._truncate_locked(oi, size, caller, check=handle is None, kill_suid=True)

@@ -173,11 +173,13 @@ class SQLiteMetaStore(MetaStore):
         """
         self.load_format()
         with self.transaction() as txn:
-            problems = [row[0] for row in self._conn.execute(_QUICK_CHECK)] if integrity else []
-            if problems not in ([], ["ok"]):
-                raise VolumeIndexCorrupt(
-                    f"{self._db_path} is a damaged SQLite database: {'; '.join(problems[:5])}"
-                )
+            if integrity:
+                problems = [row[0] for row in self._conn.execute(_QUICK_CHECK)]
+                if problems != ["ok"]:
+                    raise VolumeIndexCorrupt(
+                        f"{self._db_path} is a damaged SQLite database: "
+                        f"{'; '.join(problems[:5])}"
+                    )
             if txn.get_attr(ROOT_INODE) is None:
                 raise VolumeIndexCorrupt(f"{self._db_path} has no root inode")
             txn.list_entries(ROOT_INODE, limit=1)
