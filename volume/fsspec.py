@@ -637,7 +637,7 @@ def open_index(version: "ROVolume") -> Iterator[tuple["MetaStore", "ObjectStore"
 
 def _stage(version: "ROVolume") -> tuple[Any, "ObjectStore", Path]:
     from . import plugins
-    from .lifecycle import fetch_index, object_store
+    from .lifecycle import object_store, restore_index
 
     index = version.index
     if index is None:
@@ -646,9 +646,7 @@ def _stage(version: "ROVolume") -> tuple[Any, "ObjectStore", Path]:
     objects = object_store(version)
     tmp = Path(tempfile.mkdtemp(prefix="volume-read-"))
     try:
-        download = tmp / "download"
-        verified = fetch_index(version, objects, download)  # every index form a mount reads
-        store_cls.restore(download, tmp / "meta", verified=verified, move=True)
+        restore_index(version, objects, store_cls, tmp / "meta")  # every index form a mount reads
     except BaseException:
         objects.close()
         shutil.rmtree(tmp, ignore_errors=True)

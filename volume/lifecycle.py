@@ -242,6 +242,20 @@ def fetch_index(volume: "Volume", objects: ObjectStore, dest: Path) -> bool:
     return bool(index.hash)
 
 
+def restore_index(
+    volume: "Volume", objects: ObjectStore, store_cls: type[MetaStore], meta_dir: Path
+) -> None:
+    """Download the volume's index into ``meta_dir``, verify it (:func:`fetch_index`) and
+    restore it there: verified when it matched its hash, and moved into place, never copied."""
+    meta_dir.mkdir(parents=True, exist_ok=True)
+    download = meta_dir / f".download-{secrets.token_hex(4)}"
+    try:
+        verified = fetch_index(volume, objects, download)
+        store_cls.restore(download, meta_dir, verified=verified, move=True)
+    finally:
+        download.unlink(missing_ok=True)
+
+
 def _digest(path: Path, recorded: str) -> str:
     """The hash of ``path`` in the form of ``recorded`` (``<algorithm>:<hex>``)."""
     algorithm, sep, _ = recorded.partition(":")
@@ -428,12 +442,7 @@ def _stage_index(
             f"{volume.name!r} uses {store_cls.name!r}; pass another meta_dir"
         )
     md.clear(store_cls)
-    download = md.path / f".download-{secrets.token_hex(4)}"
-    try:
-        verified = fetch_index(volume, objects, download)
-        store_cls.restore(download, md.path, verified=verified, move=True)
-    finally:
-        download.unlink(missing_ok=True)
+    restore_index(volume, objects, store_cls, md.path)
     md.set_marker(
         path=index.path, size=local.stat().st_size, store=store_cls.name, state="pristine",
         hash=index.hash,

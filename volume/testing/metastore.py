@@ -689,9 +689,15 @@ class MetaStoreTests:
         open_store.close(populated)
         assert store_contents(open_store(meta_dir)) == before
 
+    @pytest.mark.parametrize(
+        "options", [{}, {"verified": True}, {"verified": True, "move": True}],
+        ids=["copied", "verified", "verified-moved"],
+    )  # fmt: skip
     def test_snapshot_then_restore_yields_identical_data(
-        self, populated: MetaStore, open_store: StoreOpener, tmp_path: Path
+        self, populated: MetaStore, open_store: StoreOpener, tmp_path: Path, options: dict
     ) -> None:
+        """Also with ``verified=True`` (the file matched its recorded hash) and ``move=True``
+        (the caller gives the file up: it is renamed into place, or copied then removed)."""
         before = store_contents(populated)
         index = tmp_path / "published" / populated.index_filename
         index.parent.mkdir()
@@ -699,7 +705,8 @@ class MetaStoreTests:
         assert size == index.stat().st_size > 0
         assert store_contents(populated) == before  # the source is untouched
         restored_dir = tmp_path / "restored"
-        type(populated).restore(index, restored_dir)
+        type(populated).restore(index, restored_dir, **options)
+        assert index.exists() != options.get("move", False)
         assert store_contents(open_store(restored_dir, read_only=True)) == before
 
     def test_restored_store_is_writable_and_independent(
@@ -735,27 +742,6 @@ class MetaStoreTests:
         read_only = open_store(meta_dir, read_only=True)
         read_only.snapshot(tmp_path / "index")
         type(read_only).restore(tmp_path / "index", tmp_path / "restored")
-        assert store_contents(open_store(tmp_path / "restored", read_only=True)) == before
-
-    def test_verified_restore_round_trips(
-        self, populated: MetaStore, open_store: StoreOpener, tmp_path: Path
-    ) -> None:
-        """``verified=True`` (the file matched its recorded hash) restores the same store."""
-        before = store_contents(populated)
-        populated.snapshot(tmp_path / "index")
-        type(populated).restore(tmp_path / "index", tmp_path / "restored", verified=True)
-        assert store_contents(open_store(tmp_path / "restored", read_only=True)) == before
-
-    def test_a_restore_that_may_move_the_file_consumes_it(
-        self, populated: MetaStore, open_store: StoreOpener, tmp_path: Path
-    ) -> None:
-        """``move=True``: the file is renamed into place (or copied, then removed)."""
-        before = store_contents(populated)
-        index = tmp_path / "restored" / "download"
-        index.parent.mkdir()
-        populated.snapshot(index)
-        type(populated).restore(index, tmp_path / "restored", verified=True, move=True)
-        assert not index.exists()
         assert store_contents(open_store(tmp_path / "restored", read_only=True)) == before
 
     @pytest.mark.parametrize("damage", ["empty", "random", "missing"])
