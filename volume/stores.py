@@ -41,11 +41,40 @@ class ObjectStoreCapabilities:
         the core refuses writable mounts unless the caller opts in.
     range_reads: ``get(key, start, end)`` fetches only the range (otherwise it is emulated).
     local: objects live on this machine's file system (no network cost).
+    staging: :meth:`ObjectStore.stage` writes a new object in place, piece by piece, and
+        publishes it under its key when it is sealed. The engine then writes blocks straight into
+        the store (one copy of each byte, outside the interpreter lock) instead of buffering them
+        in memory and calling ``put``.
     """
 
     conditional_put: bool = False
     range_reads: bool = True
     local: bool = False
+    staging: bool = False
+
+
+class StagedObject(ABC):
+    """A new object being written in place (:meth:`ObjectStore.stage`): invisible to every reader
+    until :meth:`seal` publishes it whole. Used by one thread at a time."""
+
+    @abstractmethod
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        """Write ``data`` at ``offset`` (over earlier bytes or at the end; never past it)."""
+
+    @abstractmethod
+    def read(self, length: int) -> bytes:
+        """Bytes ``[0, length)`` written so far."""
+
+    @abstractmethod
+    def seal(self, key: str, length: int) -> None:
+        """Publish bytes ``[0, length)`` (bytes written past them are dropped) as ``key``, a key
+        of the directory of the one the object was staged for, as ``put(..., if_absent=True)``
+        does: :class:`~volume.errors.ObjectExists` when the key exists. After a failure the
+        staged bytes are still there to :meth:`read` (and :meth:`discard`)."""
+
+    @abstractmethod
+    def discard(self) -> None:
+        """Drop the staged bytes (after :meth:`seal` failed, or instead of it)."""
 
 
 class ObjectStore(ABC):
@@ -120,6 +149,11 @@ class ObjectStore(ABC):
         data = self.get(key, start, start + len(buffer))
         buffer[: len(data)] = data
         return len(data)
+
+    def stage(self, key: str) -> StagedObject:
+        """Start a new object to be sealed as ``key`` or another key of its directory; stores with
+        the ``staging`` capability implement it (the default refuses)."""
+        raise NotImplementedError(f"{type(self).__name__} does not stage objects")
 
     def get_file(self, key: str, path: str | Path) -> int:
         """Download the object into a local file (atomically); returns its size."""

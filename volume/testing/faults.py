@@ -20,6 +20,7 @@ stores through such a wrapper::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import re
@@ -53,7 +54,10 @@ class WrappedObjectStore(ObjectStore):
 
     def __init__(self, inner: ObjectStore) -> None:
         self.inner = inner
-        self.capabilities = inner.capabilities  # type: ignore[misc]
+        # blocks go through put (where the wrappers act), never staged past them
+        self.capabilities = dataclasses.replace(  # type: ignore[misc]
+            inner.capabilities, staging=False
+        )
         self.name = inner.name  # type: ignore[misc]
 
     @classmethod

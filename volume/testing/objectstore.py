@@ -375,10 +375,7 @@ class ObjectStoreTests:
                 return "lost"
             return "won"
 
-        with ThreadPoolExecutor(RACE_THREADS) as pool:
-            for round_ in range(RACE_ROUNDS):
-                outcomes = list(pool.map(contend, range(RACE_THREADS), [round_] * RACE_THREADS))
-                self.assert_one_winner(store, round_, dict(enumerate(outcomes)))
+        self.race_threads(store, contend)
 
     def test_put_if_absent_process_race_has_one_winner(
         self, store: ObjectStore, store_factory: Callable[[], ObjectStore]
@@ -413,10 +410,96 @@ class ObjectStoreTests:
         for round_, round_outcomes in by_round.items():
             self.assert_one_winner(store, round_, round_outcomes)
 
+    # ------------------------------------------------------------------ staged objects
+
+    @staticmethod
+    def stages(store: ObjectStore) -> bool:
+        """Whether ``store`` stages objects; a store without the capability must refuse to."""
+        if store.capabilities.staging:
+            return True
+        with pytest.raises(NotImplementedError):
+            store.stage(KEY)
+        return False
+
+    def test_a_staged_object_appears_whole_when_sealed(self, store: ObjectStore) -> None:
+        if not self.stages(store):
+            return
+        data = payload(3 * MiB + 5)
+        staged = store.stage(KEY + "_0")
+        staged.write(0, data[: MiB + 1])
+        staged.write(MiB + 1, memoryview(data)[MiB + 1 :])
+        staged.write(10, b"x" * 20)  # over earlier bytes
+        expected = data[:10] + b"x" * 20 + data[30:]
+        assert staged.read(len(data)) == expected
+        assert self.keys(store) == [] and not store.exists(KEY)  # nobody sees it before
+        staged.seal(KEY, len(data))  # another key of the same directory
+        assert store.get(KEY) == expected and self.keys(store) == [KEY]
+        with pytest.raises(ValueError):
+            staged.write(0, b"after the seal")
+        staged.discard()  # after the seal: nothing to drop
+        assert store.get(KEY) == expected
+
+    def test_a_staged_object_has_no_gap_and_seals_the_length_given(
+        self, store: ObjectStore
+    ) -> None:
+        if not self.stages(store):
+            return
+        staged = store.stage(KEY)
+        staged.write(0, b"abcdef")
+        with pytest.raises(ValueError):
+            staged.write(7, b"d")
+        with pytest.raises(ValueError):
+            staged.seal(KEY, 7)  # more than was written
+        with pytest.raises(InvalidKeyError):
+            staged.seal("other/" + KEY, 3)  # another directory
+        staged.seal(KEY, 3)  # less: the rest is dropped
+        assert store.get(KEY) == b"abc" and self.keys(store) == [KEY]
+
+    def test_sealing_over_an_existing_key_keeps_both(self, store: ObjectStore) -> None:
+        if not self.stages(store):
+            return
+        store.put(KEY, b"first")
+        staged = store.stage(KEY)
+        staged.write(0, b"second")
+        with pytest.raises(ObjectExists, match=KEY):
+            staged.seal(KEY, 6)
+        assert store.get(KEY) == b"first"
+        assert staged.read(100) == b"second"  # still there, to be uploaded some other way
+        staged.discard()
+        staged.discard()  # twice is fine
+        assert self.keys(store) == [KEY]
+
+    def test_staged_seal_race_has_one_winner(self, store: ObjectStore) -> None:
+        if not self.stages(store):
+            return
+        barrier = threading.Barrier(RACE_THREADS)
+
+        def contend(contender: int, round_: int) -> str:
+            staged = store.stage(race_key(round_))
+            staged.write(0, race_payload(contender, round_))
+            barrier.wait(RACE_TIMEOUT_S)
+            try:
+                staged.seal(race_key(round_), len(race_payload(contender, round_)))
+            except ObjectExists:
+                staged.discard()
+                return "lost"
+            return "won"
+
+        self.race_threads(store, contend)
+        assert self.keys(store) == sorted(race_key(r) for r in range(RACE_ROUNDS))
+
     @staticmethod
     def require_conditional_put(store: ObjectStore) -> None:
         if not store.capabilities.conditional_put:
             pytest.skip(f"{type(store).__name__} does not offer atomic put-if-absent")
+
+    def race_threads(self, store: ObjectStore, contend: Callable[[int, int], str]) -> None:
+        """``RACE_ROUNDS`` rounds of ``contend(contender, round)`` in ``RACE_THREADS`` threads,
+        each round won by exactly one of them."""
+        with ThreadPoolExecutor(RACE_THREADS) as pool:
+            for round_ in range(RACE_ROUNDS):
+                outcomes = list(pool.map(contend, range(RACE_THREADS), [round_] * RACE_THREADS))
+                self.assert_one_winner(store, round_, dict(enumerate(outcomes)))
 
     @staticmethod
     def assert_one_winner(store: ObjectStore, round_: int, outcomes: dict[int, str]) -> None:

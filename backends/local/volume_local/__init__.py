@@ -1,6 +1,6 @@
 """The ``file`` object-store plugin: a volume's objects as files below a local directory, in the
 layout of JuiceFS's ``file`` storage (see ``backends/local/README.md``)."""
 
-from ._store import LocalObjectStore
+from ._store import LocalObjectStore, StagedFile
 
-__all__ = ["LocalObjectStore"]
+__all__ = ["LocalObjectStore", "StagedFile"]

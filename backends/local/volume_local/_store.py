@@ -27,7 +27,7 @@ from volume.errors import (
     VolumeValidationError,
 )
 from volume.keys import validate_key, validate_prefix, validate_range
-from volume.stores import ObjectInfo, ObjectStore, ObjectStoreCapabilities
+from volume.stores import ObjectInfo, ObjectStore, ObjectStoreCapabilities, StagedObject
 
 # Temporary files (ours and a JuiceFS client's) are not objects: list() skips them and no key may
 # take such a name.
@@ -43,6 +43,7 @@ _HAVE_PROC_FD = os.path.isdir(_PROC_FD)
 # as "not a regular file"); it changes nothing for regular files.
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
 _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+_STAGE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL  # read back when sealing fails
 _DIR_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY  # a handle to resolve, not read
 
 
@@ -56,7 +57,9 @@ class LocalObjectStore(ObjectStore):
     """
 
     name = "file"
-    capabilities = ObjectStoreCapabilities(conditional_put=True, range_reads=True, local=True)
+    capabilities = ObjectStoreCapabilities(
+        conditional_put=True, range_reads=True, local=True, staging=True
+    )
 
     def __init__(self, root: str | os.PathLike[str], *, fsync: bool = False) -> None:
         """Use the directory ``root`` (made absolute, created when missing).
@@ -272,28 +275,39 @@ class LocalObjectStore(ObjectStore):
                         os.fsync(fd)
                 finally:
                     os.close(fd)
-                if if_absent:
-                    # link(2) fails with EEXIST when the key exists: the one atomic test-and-set a
-                    # POSIX file system offers for a whole file, across threads and processes
-                    try:
-                        os.link(tmp, path)
-                    except FileExistsError:
-                        raise _with_errno(
-                            ObjectExists(f"object {key!r} already exists in {self.uri}"),
-                            errno.EEXIST,
-                        ) from None
-                else:
-                    os.replace(tmp, path)
+                self._install(key, path, tmp, if_absent=if_absent)
             except BaseException:
                 _remove_quietly(tmp)
                 raise
-            if if_absent:
-                os.unlink(tmp)
-            if self._fsync:
-                _fsync_directory(os.path.dirname(path))
         return size
 
-    def _create_temp(self, key: str, path: str) -> tuple[str, int]:
+    def _install(self, key: str, path: str, tmp: str, *, if_absent: bool) -> None:
+        """Give the complete temporary file ``tmp`` the name ``path`` of ``key``; with
+        ``if_absent``, :class:`ObjectExists` (and ``tmp`` left) when the key exists."""
+        if if_absent:
+            # link(2) fails with EEXIST when the key exists: the one atomic test-and-set a POSIX
+            # file system offers for a whole file, across threads and processes
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise _with_errno(
+                    ObjectExists(f"object {key!r} already exists in {self.uri}"), errno.EEXIST
+                ) from None
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
+        if self._fsync:
+            _fsync_directory(os.path.dirname(path))
+
+    def stage(self, key: str) -> "StagedFile":
+        """A temporary file beside ``key``'s, written in place and linked to its key when sealed
+        (no reader or listing sees it before)."""
+        path = self._path(key)
+        with self._os_errors("write", key):
+            tmp, fd = self._create_temp(key, path, flags=_STAGE_FLAGS)
+        return StagedFile(self, key, tmp, fd)
+
+    def _create_temp(self, key: str, path: str, flags: int = _TEMP_FLAGS) -> tuple[str, int]:
         """Create the temporary file for ``path`` (and its missing parents); ``(name, fd)``.
 
         No file or directory is ever made outside the root: the parent directory is opened
@@ -310,7 +324,7 @@ class LocalObjectStore(ObjectStore):
             self._check_inside(key, _resolved(directory, parent))
             tmp = _temp_path_for(path)
             # the umask applies, as to JuiceFS's files
-            fd = os.open(tmp.rpartition("/")[2], _TEMP_FLAGS, 0o666, dir_fd=directory)
+            fd = os.open(tmp.rpartition("/")[2], flags, 0o666, dir_fd=directory)
         finally:
             os.close(directory)
         return tmp, fd
@@ -396,6 +410,62 @@ class LocalObjectStore(ObjectStore):
 
 
 _E = TypeVar("_E", bound=ObjectStoreError)
+
+
+class StagedFile(StagedObject):
+    """An object of :class:`LocalObjectStore` being written: a temporary file beside its key's
+    (never listed, as every temporary file), linked to the key when sealed."""
+
+    def __init__(self, store: LocalObjectStore, key: str, tmp: str, fd: int) -> None:
+        self._store = store
+        self._key = key  # the key it was staged for, to name in errors
+        self._tmp = tmp
+        self._fd: int | None = fd
+        self._end = 0
+
+    def _open_fd(self) -> int:
+        if self._fd is None:
+            raise ValueError(f"the object staged for {self._key!r} was sealed or discarded")
+        return self._fd
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        """Write ``data`` at ``offset`` (no copy in the interpreter: ``pwrite(2)``)."""
+        fd = self._open_fd()
+        view = memoryview(data).cast("B")
+        if not 0 <= offset <= self._end:
+            raise ValueError(f"staged write at {offset} leaves a gap after byte {self._end}")
+        with self._store._os_errors("write", self._key):
+            done = 0
+            while done < len(view):  # a write may be partial (Linux caps one at ~2 GiB)
+                done += os.pwrite(fd, view[done:], offset + done)
+        self._end = max(self._end, offset + len(view))
+
+    def read(self, length: int) -> bytes:
+        with self._store._os_errors("read", self._key):
+            return _pread_exactly(self._open_fd(), min(length, self._end), 0)
+
+    def seal(self, key: str, length: int) -> None:
+        store = self._store
+        fd = self._open_fd()
+        path = store._path(key)
+        if os.path.dirname(path) != os.path.dirname(self._tmp):
+            raise InvalidKeyError(f"key {key!r} is not in the directory its object was staged in")
+        if not 0 <= length <= self._end:
+            raise ValueError(f"cannot seal {length} bytes of the {self._end} staged for {key!r}")
+        with store._os_errors("write", key):
+            if os.fstat(fd).st_size != length:  # bytes past it, e.g. of a write that failed
+                os.ftruncate(fd, length)
+            if store._fsync:
+                os.fsync(fd)
+            store._install(key, path, self._tmp, if_absent=True)
+            self._fd = None
+            os.close(fd)
+
+    def discard(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            _remove_quietly(self._tmp)
 
 
 def _with_errno(exc: _E, code: int | None) -> _E:
