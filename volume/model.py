@@ -613,9 +613,11 @@ class RWVolume(_MountableVolume):
         index in a slice domain of their own. With ``writeback`` (the default) a write is
         acknowledged once buffered and blocks upload in the background; with
         ``writeback=False`` every close (and flush) also waits until the blocks written so far
-        are stored. With ``xattrs=False`` the kernel mount serves no extended attributes (they
-        read as not supported, and ``setxattr`` fails), as the JuiceFS client's default: ``ls
-        -l`` and every first write then ask nothing per file. Returns self.
+        are stored. On a local bucket blocks are written into it in place as they fill (no
+        upload, nothing of ``buffer_size_mb`` held). With ``xattrs=False`` the kernel mount
+        serves no extended attributes (they read as not supported, and ``setxattr`` fails), as
+        the JuiceFS client's default: ``ls -l`` and every first write then ask nothing per file.
+        Returns self.
         """
         from . import lifecycle
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from pathlib import Path
@@ -18,6 +19,9 @@ BLOCK = 64 << 10
 
 class GatedStore(LocalObjectStore):
     """A local store whose puts wait until the test opens the gate."""
+
+    # every block goes through put (not staged in place)
+    capabilities = dataclasses.replace(LocalObjectStore.capabilities, staging=False)
 
     def __init__(self, root: Path):
         super().__init__(root)
@@ -76,10 +80,17 @@ def test_partial_and_failed_blocks_are_not_recycled(store) -> None:
     assert blocks.block_buffer() is not tail
 
 
-def test_the_engine_reuses_buffers_without_mixing_files(tmp_path: Path) -> None:
-    """Sequential writes of several files, each drained, read back byte for byte: buffers that
-    went through one file's blocks carry none of its bytes into the next file."""
-    objects = LocalObjectStore(tmp_path / "bucket")
+class BufferedStore(LocalObjectStore):
+    """A local store whose blocks are buffered in memory and put (as a remote store's are)."""
+
+    capabilities = dataclasses.replace(LocalObjectStore.capabilities, staging=False)
+
+
+@pytest.mark.parametrize("store_cls", [BufferedStore, LocalObjectStore], ids=["buffered", "staged"])
+def test_the_engine_reuses_buffers_without_mixing_files(tmp_path: Path, store_cls) -> None:
+    """Sequential writes of several files, each drained, read back byte for byte: buffers (or
+    staged blocks) that went through one file's blocks carry none of its bytes into the next."""
+    objects = store_cls(tmp_path / "bucket")
     meta = SQLiteMetaStore.open(tmp_path / "meta")
     fmt = new_format("reuse", storage="file", bucket=f"{tmp_path}/bucket/", block_size_kib=64)
     format_volume(meta, objects, fmt)

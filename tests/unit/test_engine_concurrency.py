@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import faulthandler
 import os
@@ -202,6 +203,9 @@ def test_a_snapshot_after_freeze_holds_every_write_acknowledged_before_it(
 def test_fsync_waits_for_its_own_file_only(tmp_path: Path) -> None:
     class HeldStore(LocalObjectStore):
         """Block puts of slices up to ``upto`` wait for ``release``."""
+
+        # every block goes through put (not staged in place)
+        capabilities = dataclasses.replace(LocalObjectStore.capabilities, staging=False)
 
         upto = 1 << 62
         release = threading.Event()

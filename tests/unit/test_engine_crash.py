@@ -11,6 +11,7 @@ hundred files; ``-m slow`` after 10,000.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import random
@@ -26,7 +27,7 @@ import pytest
 from volume.engine import Engine, PathFS, format_volume, new_format
 from volume.engine.check import check_metadata
 from volume.stores import MetaStore
-from volume_local import LocalObjectStore
+from volume_local import LocalObjectStore, StagedFile
 from volume_sqlite import SQLiteMetaStore
 
 FILE_BYTES = 4096
@@ -35,16 +36,42 @@ STORES = ["sqlite", pytest.param("redis", marks=pytest.mark.server)]
 
 
 class LoggedStore(LocalObjectStore):
-    """A local store that appends the key of every block put to ``puts.log`` (all processes)."""
+    """A local store that appends the key of every block it stores, put or staged and sealed, to
+    ``puts.log`` (all processes)."""
 
     def __init__(self, root: Path, log: Path):
         super().__init__(root)
         self._log = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
-    def put(self, key, data, *, if_absent=False):
+    def logged(self, key: str) -> None:
         if "/chunks/" in key:
             os.write(self._log, key.encode() + b"\n")
+
+    def put(self, key, data, *, if_absent=False):
+        self.logged(key)
         super().put(key, data, if_absent=if_absent)
+
+    def stage(self, key):
+        staged = super().stage(key)
+        staged.__class__ = LoggedStaged
+        staged.logged = self.logged  # type: ignore[attr-defined]
+        return staged
+
+
+class LoggedStaged(StagedFile):
+    def seal(self, key, length):
+        self.logged(key)  # type: ignore[attr-defined]
+        super().seal(key, length)
+
+
+class BufferedLoggedStore(LoggedStore):
+    """The same, with every block buffered in memory and put (as a remote store's are)."""
+
+    capabilities = dataclasses.replace(LocalObjectStore.capabilities, staging=False)
+
+
+#: how blocks reach the bucket: written in place (the local store's way) or buffered and put
+BLOCK_PATHS = {"staged": LoggedStore, "buffered": BufferedLoggedStore}
 
 
 def content(i: int) -> bytes:
@@ -59,18 +86,20 @@ def open_meta(root: Path, store: str) -> MetaStore:
     return SQLiteMetaStore.open(root / "meta")
 
 
-def open_engine(root: Path, store: str = "sqlite") -> tuple[MetaStore, Engine]:
+def open_engine(
+    root: Path, store: str = "sqlite", blocks: str = "staged"
+) -> tuple[MetaStore, Engine]:
     meta = open_meta(root, store)
-    objects = LoggedStore(root / "bucket", root / "puts.log")
+    objects = BLOCK_PATHS[blocks](root / "bucket", root / "puts.log")
     if not meta.is_formatted():
         fmt = new_format("crash", storage="file", bucket=f"{root}/bucket/", block_size_kib=64)
         format_volume(meta, objects, fmt)
     return meta, Engine(meta, objects)
 
 
-def _child(root: Path, start: int, store: str) -> None:
+def _child(root: Path, start: int, store: str, blocks: str) -> None:
     """Write files ``d<k>/f<i>`` from ``start`` on, forever: fsync, then list the name."""
-    _, engine = open_engine(root, store)
+    _, engine = open_engine(root, store, blocks)
     fs = PathFS(engine)
     with open(root / "manifest", "a", buffering=1) as manifest:
         for i in range(start, 10**9):
@@ -84,11 +113,13 @@ def _child(root: Path, start: int, store: str) -> None:
             manifest.write(f"{d}/f{i}\n")  # only after fsync returned
 
 
-def crash_once(root: Path, start: int, at_least: int, store: str, kill_server: bool) -> None:
+def crash_once(
+    root: Path, start: int, at_least: int, store: str, kill_server: bool, blocks: str
+) -> None:
     """Run a writer from file ``start`` and SIGKILL it once ``at_least`` more names are listed
     (plus a random few milliseconds); on Redis, with ``kill_server`` its redis-server is
     SIGKILLed too."""
-    child = subprocess.Popen([sys.executable, __file__, str(root), str(start), store])
+    child = subprocess.Popen([sys.executable, __file__, str(root), str(start), store, blocks])
     manifest = root / "manifest"
     try:
         deadline = time.monotonic() + 600
@@ -115,9 +146,9 @@ def crash_once(root: Path, start: int, at_least: int, store: str, kill_server: b
             assert not _is_running(server)
 
 
-def verify(root: Path, store: str) -> int:
+def verify(root: Path, store: str, blocks: str) -> int:
     names = (root / "manifest").read_text().splitlines()
-    meta, engine = open_engine(root, store)
+    meta, engine = open_engine(root, store, blocks)
     fs = PathFS(engine)
     for name in names:
         i = int(name.rpartition("/f")[2])
@@ -136,20 +167,23 @@ def verify(root: Path, store: str) -> int:
     return len(names)
 
 
-def run(root: Path, store: str, per_round: int, kill_server: list[bool]) -> None:
+def run(
+    root: Path, store: str, per_round: int, kill_server: list[bool], blocks: str = "staged"
+) -> None:
     """One round per entry of ``kill_server``: whether that round's kill takes the Redis server
     down with the writer (SQLite has none)."""
     for r, kill in enumerate(kill_server):
         listed = len((root / "manifest").read_text().splitlines()) if r else 0
         start = listed + 1000 * r  # a new range: the killed writer may have made more files
-        crash_once(root, start, listed + per_round, store, kill)
-        assert verify(root, store) >= listed + per_round
+        crash_once(root, start, listed + per_round, store, kill, blocks)
+        assert verify(root, store, blocks) >= listed + per_round
 
 
+@pytest.mark.parametrize("blocks", list(BLOCK_PATHS))
 @pytest.mark.parametrize("store", STORES)
-def test_fsynced_files_survive_sigkill(tmp_path: Path, store: str) -> None:
+def test_fsynced_files_survive_sigkill(tmp_path: Path, store: str, blocks: str) -> None:
     # on Redis: first its server outlives the writer, then it dies with it
-    run(tmp_path, store, per_round=150, kill_server=[False, True])
+    run(tmp_path, store, per_round=150, kill_server=[False, True], blocks=blocks)
 
 
 @pytest.mark.slow
@@ -160,7 +194,7 @@ def test_fsynced_files_survive_sigkill_long(tmp_path: Path, store: str) -> None:
 
 
 if __name__ == "__main__":
-    _child(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
+    _child(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4])
 
 
 def test_a_full_metadata_disk_answers_enospc_and_publishes_nothing_half_done(tmp_path: Path):

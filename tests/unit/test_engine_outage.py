@@ -6,6 +6,7 @@ The slow test writes 1 GiB through an outage in a child process and reports its 
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -28,6 +29,9 @@ BLOCK = 64 << 10
 
 class OutageStore(LocalObjectStore):
     """A local store whose block puts fail (``down``) or stall (``stalled``) on demand."""
+
+    # every block goes through put (not staged in place)
+    capabilities = dataclasses.replace(LocalObjectStore.capabilities, staging=False)
 
     def __init__(self, root: Path):
         super().__init__(root)

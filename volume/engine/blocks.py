@@ -4,6 +4,12 @@ A block that has been handed to :meth:`BlockStore.upload` stays readable from me
 upload succeeded, so the metadata may reference it at once (writeback); :meth:`BlockStore.drain`
 is what a commit waits on: it returns only when every block handed over exists in the store.
 
+A store that stages objects (``capabilities.staging``: the local store) is written in place
+instead: a writer's bytes go straight into the staged block (:meth:`BlockStore.new_block`), one
+copy outside the interpreter lock, and a full block is sealed under its key as it is handed over
+(:meth:`BlockStore.seal`), with nothing left to upload. When the store refuses a seal, the block's
+bytes take the upload path (retried in the background) instead.
+
 Memory rule: a writer holds at most ``max_pending_bytes`` (the mount's ``buffer_size_mb``) of
 blocks not yet stored, plus ``WRITTEN_CACHE_BYTES`` of blocks it just stored (kept for
 read-after-write; a ``cache_dir`` keeps every one of them on disk). Only blocks fetched from the
@@ -23,7 +29,7 @@ from dataclasses import dataclass
 
 from ..errors import ObjectExists, ObjectNotFound, VolumeCommitError
 from ..juicefs import block_key
-from ..stores import ObjectStore
+from ..stores import ObjectStore, StagedObject
 from .diskcache import DiskCache
 
 log = logging.getLogger("volume.engine.blocks")
@@ -134,6 +140,7 @@ class BlockStore:
         # (filled ahead of a sequential reader by will_read hints), and large buffers filled by
         # worker threads cost more than the read itself.
         self._direct = objects.capabilities.local
+        self._staging = objects.capabilities.staging
         self._verified: set[str] = set()
         self._hinted: dict[str, None] = {}  # blocks a local store was asked to read ahead
         self._fetch_lock = threading.Lock()
@@ -167,6 +174,42 @@ class BlockStore:
             if self._spares:
                 return self._spares.pop()
         return bytearray(self.block_bytes)
+
+    def new_block(self, slice_id: int, indx: int, *, big: bool) -> bytearray | StagedObject:
+        """Where a writer puts the bytes of block ``indx`` of a new slice: a staged object of a
+        store that stages, else a buffer (counted by :meth:`buffered`): a whole block for a
+        ``big`` writer, an empty one that grows for small writes, which are often random and
+        must not pay for a whole block each."""
+        if self._staging:
+            key = self.key(slice_id, indx, self.block_bytes)
+            try:
+                return self.objects.stage(key)
+            except Exception as exc:  # put may still work (or retry): buffer it instead
+                log.warning("cannot stage block %s, buffering it: %s", key, exc)
+        buf = self.block_buffer() if big else bytearray()
+        self.buffered(len(buf))
+        return buf
+
+    def seal(
+        self, slice_id: int, indx: int, staged: StagedObject, length: int, inode: int = 0
+    ) -> None:
+        """Publish a staged block of ``length`` bytes under its key. When the store refuses,
+        its bytes are handed to :meth:`upload` instead (retried; a commit drains them)."""
+        key = self.key(slice_id, indx, length)
+        try:
+            staged.seal(key, length)
+        except Exception as exc:
+            log.warning("sealing block %s failed (%s); uploading it instead", key, exc)
+            try:
+                data = staged.read(length)
+            finally:
+                staged.discard()
+            if len(data) != length:
+                raise OSError(errno.EIO, f"staged block {key} lost bytes: {exc}") from exc
+            self.upload(slice_id, indx, data, inode)
+            return
+        with self._cond:
+            self._stored_locked(key, inode, length)
 
     def upload(
         self,
@@ -253,13 +296,7 @@ class BlockStore:
                         keys.discard(key)
                         if not keys:
                             del self._inode_pending[inode]
-                if self._store_sync is not None:
-                    if len(self._unsynced) < MAX_UNSYNCED:
-                        self._unsynced[key] = inode
-                    else:  # too many to name: the next sync makes the whole store durable
-                        self._unsynced_overflow = True
-                self.stats.uploads += 1
-                self.stats.upload_bytes += len(data)
+                self._stored_locked(key, inode, len(data))
             else:
                 log.error("upload of block %s failed: %s", key, error)
                 self._failed[key] = error
@@ -271,6 +308,16 @@ class BlockStore:
                 self._written.put(key, data)
                 if self._disk is not None:
                     self._disk.put(key, data)
+
+    def _stored_locked(self, key: str, inode: int, size: int) -> None:
+        """Account a block now in the store (``_cond`` held): the next sync makes it durable."""
+        if self._store_sync is not None:
+            if len(self._unsynced) < MAX_UNSYNCED:
+                self._unsynced[key] = inode
+            else:  # too many to name: the next sync makes the whole store durable
+                self._unsynced_overflow = True
+        self.stats.uploads += 1
+        self.stats.upload_bytes += size
 
     def _cached(self, key: str) -> bytes | None:
         """A block held in memory after its fetch or its upload."""

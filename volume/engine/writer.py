@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..juicefs import SliceRecord
+from ..stores import StagedObject
 from .blocks import BlockStore
 from .posix import Caller
 
@@ -20,8 +21,10 @@ PREALLOCATE_FROM = 256 << 10
 class SliceWriter:
     """One slice being written: contiguous bytes starting at chunk position ``pos``.
 
-    Bytes go into a buffer holding one block; a full buffer is handed to the block store as is
-    (no copy) and a fresh one is started, so a sequential writer copies each byte once.
+    Bytes go into the block being filled (:meth:`BlockStore.new_block`): a block staged in the
+    store, written in place, or a buffer holding one block. A full block is handed over as is
+    (sealed, or uploaded without a copy) and the next one started, so a sequential writer copies
+    each byte once.
     """
 
     __slots__ = ("blocks", "id", "pos", "length", "frozen", "buf", "fill", "inode")
@@ -33,7 +36,8 @@ class SliceWriter:
         self.pos = pos
         self.length = 0  # slice bytes written so far
         self.frozen = 0  # slice bytes [0, frozen) already handed over (whole blocks)
-        self.buf: bytearray | None = None  # slice bytes [frozen, frozen + block size)
+        #: slice bytes [frozen, frozen + block size), staged in the store or in memory
+        self.buf: bytearray | StagedObject | None = None
         self.fill = 0  # valid bytes in buf
 
     @property
@@ -54,44 +58,53 @@ class SliceWriter:
         done = 0
         while done < len(view):
             if self.buf is None:
-                # large writes fill a whole-block buffer (no reallocation as it grows); small
-                # ones, often random, must not pay for a whole block each
                 big = len(view) - done >= PREALLOCATE_FROM
-                self.buf = self.blocks.block_buffer() if big else bytearray()
-                self.blocks.buffered(len(self.buf))
+                self.buf = self.blocks.new_block(self.id, self.frozen // bs, big=big)
             n = min(len(view) - done, bs - rel)
-            held = len(self.buf)
-            self.buf[rel : rel + n] = view[done : done + n]
-            if len(self.buf) != held:
-                self.blocks.buffered(len(self.buf) - held)
+            buf = self.buf
+            if isinstance(buf, bytearray):
+                held = len(buf)
+                buf[rel : rel + n] = view[done : done + n]
+                if len(buf) != held:
+                    self.blocks.buffered(len(buf) - held)
+            else:
+                buf.write(rel, view[done : done + n])
             rel += n
             done += n
             self.fill = max(self.fill, rel)
             self.length = max(self.length, self.frozen + self.fill)
             if self.fill == bs:
-                self.blocks.upload(self.id, self.frozen // bs, self.buf, self.inode, counted=True)
-                self.buf, self.fill, rel = None, 0, 0
-                self.frozen += bs
+                self._hand_over()
+                rel = 0
+
+    def _hand_over(self) -> None:
+        """Hand the filled part of the current block to the block store; the next starts empty."""
+        buf, indx = self.buf, self.frozen // self.blocks.block_bytes
+        if isinstance(buf, bytearray):
+            held = len(buf)
+            del buf[self.fill :]
+            self.blocks.buffered(self.fill - held)
+            self.blocks.upload(self.id, indx, buf, self.inode, counted=True)
+        elif buf is not None:
+            self.blocks.seal(self.id, indx, buf, self.fill, self.inode)
+        self.frozen += self.fill
+        self.buf, self.fill = None, 0
 
     def finish(self) -> SliceRecord:
         """Hand over the tail and return the slice's record, to be appended to its chunk."""
-        if self.buf is not None and self.fill:
-            held = len(self.buf)
-            del self.buf[self.fill :]
-            self.blocks.buffered(self.fill - held)
-            self.blocks.upload(
-                self.id, self.frozen // self.blocks.block_bytes, self.buf, self.inode, counted=True
-            )
-            self.frozen += self.fill
-        elif self.buf is not None:
-            self.blocks.buffered(-len(self.buf))
-        self.buf, self.fill = None, 0
+        if self.fill:
+            self._hand_over()
+        else:
+            self.abandon()
         return SliceRecord(self.pos, self.id, self.length, 0, self.length)
 
     def abandon(self) -> None:
-        """Drop the unhanded buffer (its bytes are lost) and its accounting."""
-        if self.buf is not None:
-            self.blocks.buffered(-len(self.buf))
+        """Drop the unhanded block (its bytes are lost) and its accounting."""
+        buf = self.buf
+        if isinstance(buf, bytearray):
+            self.blocks.buffered(-len(buf))
+        elif buf is not None:
+            buf.discard()
         self.buf, self.fill = None, 0
 
 

@@ -1,0 +1,149 @@
+"""Blocks written in place in a store that stages objects (the local store): nothing buffered or
+put, a refused seal falls back to the upload path, a failed write fails the caller's write."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from volume.engine import Engine, PathFS, format_volume, new_format
+from volume.engine.check import check_metadata
+from volume_local import LocalObjectStore, StagedFile
+from volume_sqlite import SQLiteMetaStore
+
+BLOCK = 64 << 10
+
+
+class CountingStore(LocalObjectStore):
+    """A local store that counts puts and can make seals or staged writes fail."""
+
+    def __init__(self, root: Path):
+        super().__init__(root)
+        self.puts: list[str] = []
+        self.seals: list[str] = []
+        self.failing_seals = 0
+        self.failing_writes_at: int | None = None  # fail staged writes reaching past this offset
+
+    def put(self, key, data, *, if_absent=False):
+        self.puts.append(key)
+        super().put(key, data, if_absent=if_absent)
+
+    def stage(self, key):
+        staged = super().stage(key)
+        staged.__class__ = _Staged
+        staged.owner = self  # type: ignore[attr-defined]
+        return staged
+
+
+class _Staged(StagedFile):
+    owner: CountingStore
+
+    def write(self, offset, data):
+        limit = self.owner.failing_writes_at
+        if limit is not None and offset + len(data) > limit:
+            half = max(0, limit - offset)
+            super().write(offset, memoryview(data)[:half])  # part of it lands, as when a disk fills
+            raise OSError(errno.ENOSPC, "No space left on device (injected)")
+        super().write(offset, data)
+
+    def seal(self, key, length):
+        if self.owner.failing_seals:
+            self.owner.failing_seals -= 1
+            raise OSError(errno.EIO, "injected seal failure")
+        super().seal(key, length)
+        self.owner.seals.append(key)
+
+
+def _volume(tmp_path: Path) -> tuple[CountingStore, SQLiteMetaStore, Engine]:
+    objects = CountingStore(tmp_path / "bucket")
+    meta = SQLiteMetaStore.open(tmp_path / "meta")
+    fmt = new_format("staged", storage="file", bucket=f"{tmp_path}/bucket/", block_size_kib=64)
+    format_volume(meta, objects, fmt)
+    return objects, meta, Engine(meta, objects)
+
+
+def _leftovers(root: Path) -> list[str]:
+    """Temporary files in the bucket (a staged block that was neither sealed nor discarded)."""
+    return [p.name for p in root.rglob(".jfs.*")]
+
+
+def test_blocks_are_sealed_in_place_and_never_put(tmp_path: Path) -> None:
+    objects, meta, engine = _volume(tmp_path)
+    fs = PathFS(engine)
+    data = os.urandom(5 * BLOCK + 123)
+    fd = fs.open("/f", os.O_WRONLY | os.O_CREAT)
+    for off in range(0, len(data), 40_000):  # writes straddling block boundaries
+        fs.write(fd, data[off : off + 40_000])
+    fs.write(fd, b"overwritten", 5 * BLOCK + 3)  # inside the unsealed tail block
+    fs.close(fd)
+    expected = data[: 5 * BLOCK + 3] + b"overwritten" + data[5 * BLOCK + 14 :]
+    assert fs.read_bytes("/f") == expected
+    assert not [key for key in objects.puts if "/chunks/" in key]
+    assert len(objects.seals) == 6 and objects.seals[-1].endswith(f"_{len(data) - 5 * BLOCK}")
+    assert engine.blocks.buffered_bytes == 0 and engine.blocks.pending_bytes == 0
+    engine.close()
+    assert _leftovers(tmp_path / "bucket") == []
+    reopened = Engine(meta, objects)
+    assert PathFS(reopened).read_bytes("/f") == expected
+    assert check_metadata(meta) == []
+    reopened.close()
+    meta.close()
+
+
+def test_a_refused_seal_falls_back_to_the_upload(tmp_path: Path) -> None:
+    objects, meta, engine = _volume(tmp_path)
+    fs = PathFS(engine)
+    data = os.urandom(3 * BLOCK + 5)
+    objects.failing_seals = 2  # a full block and the tail
+    fd = fs.open("/f", os.O_WRONLY | os.O_CREAT)
+    fs.write(fd, data[:BLOCK])
+    fs.write(fd, data[BLOCK:])
+    fs.close(fd)
+    engine.drain()
+    block_puts = [key for key in objects.puts if "/chunks/" in key]
+    assert len(block_puts) == 2 and len(objects.seals) == 2
+    assert fs.read_bytes("/f") == data
+    engine.close()
+    assert _leftovers(tmp_path / "bucket") == []
+    reopened = Engine(meta, objects)
+    assert PathFS(reopened).read_bytes("/f") == data
+    reopened.close()
+    meta.close()
+
+
+def test_a_failed_staged_write_fails_the_write_and_loses_nothing_before_it(
+    tmp_path: Path,
+) -> None:
+    objects, meta, engine = _volume(tmp_path)
+    fs = PathFS(engine)
+    head = os.urandom(BLOCK + 1000)
+    fd = fs.open("/f", os.O_WRONLY | os.O_CREAT)
+    fs.write(fd, head)
+    objects.failing_writes_at = 2000  # within the second block
+    with pytest.raises(OSError) as caught:
+        fs.write(fd, os.urandom(5000))
+    assert caught.value.errno == errno.ENOSPC
+    objects.failing_writes_at = None
+    fs.write(fd, b"tail")  # the file goes on after its last good byte
+    fs.close(fd)
+    assert fs.read_bytes("/f") == head + b"tail"
+    engine.close()
+    assert _leftovers(tmp_path / "bucket") == []
+    assert check_metadata(meta) == []
+    meta.close()
+
+
+def test_an_unlinked_file_leaves_no_staged_block(tmp_path: Path) -> None:
+    _, meta, engine = _volume(tmp_path)
+    fs = PathFS(engine)
+    fd = fs.open("/f", os.O_WRONLY | os.O_CREAT)
+    fs.write(fd, os.urandom(BLOCK // 2))
+    assert len(_leftovers(tmp_path / "bucket")) == 1  # the staged tail block
+    fs.unlink("/f")
+    fs.close(fd)
+    engine.close()
+    assert _leftovers(tmp_path / "bucket") == []
+    meta.close()
