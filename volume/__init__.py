@@ -6,7 +6,7 @@ JuiceFS blocks, so the JuiceFS client can mount our versions and we can mount it
 
 from . import errors, plugins
 from .errors import *  # noqa: F401,F403  (the error types are part of the public API)
-from .lifecycle import Progress, reporting_progress
+from .progress import Progress, reporting_progress
 from .model import ActionRef, File, ROVolume, RWVolume, Volume
 
 try:

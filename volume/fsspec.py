@@ -569,7 +569,7 @@ def _split_locator(uri: str) -> tuple[str, str]:
 
 
 def _document_bytes(ref: str) -> bytes:
-    from .lifecycle import object_store
+    from .locations import object_store
     from .model import Volume
 
     local = ref[len("file://") :] if ref.startswith("file://") else ref
@@ -637,7 +637,7 @@ def open_index(version: "ROVolume") -> Iterator[tuple["MetaStore", "ObjectStore"
 
 def _stage(version: "ROVolume") -> tuple[Any, "ObjectStore", Path]:
     from . import plugins
-    from .lifecycle import object_store, restore_index
+    from .locations import object_store, restore_index
 
     index = version.index
     if index is None:

@@ -337,7 +337,7 @@ class _Family:
 
     def _prepare(self) -> None:
         """Protected domains and the reachable slices, before the first block is classified."""
-        from .lifecycle import _key_of
+        from .locations import key_of
         from .model import ROVolume
 
         self.report.domains = len(self.claimed)
@@ -364,7 +364,7 @@ class _Family:
                     doc = ROVolume.parse(self.objects.get(document))
                     if doc.index is None:
                         raise VolumeUsageError("the document has no index")
-                    index_key = _key_of(self.objects, doc.index.path)
+                    index_key = key_of(self.objects, doc.index.path)
                     store_cls = plugins.meta_store_class(doc.index.format or "sqlite")
                     self.report.versions += 1
                 else:

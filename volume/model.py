@@ -369,9 +369,9 @@ class Volume(_Model):
 
     def unmount(self) -> None:
         """Release this handle's mount (a writable one abandons unpublished work, loudly)."""
-        from . import lifecycle
+        from . import mounts
 
-        lifecycle.unmount(self)
+        mounts.unmount(self)
 
     def __enter__(self) -> Self:
         return self
@@ -576,13 +576,13 @@ class ROVolume(_MountableVolume):
         ``xattrs=False``: the kernel mount serves no extended attributes (they read as not
         supported), as the JuiceFS client's default; ``ls -l`` then asks nothing per name.
         """
-        from . import lifecycle
+        from . import mounts
 
-        kernel = lifecycle.KernelOptions(
+        kernel = mounts.KernelOptions(
             _as_path(mount_path), timeout, attr_cache, entry_cache, dir_entry_cache,
             _check_flag("xattrs", xattrs),
         )  # fmt: skip
-        self._mount = lifecycle.mount_ro(
+        self._mount = mounts.mount_ro(
             self, kernel, meta_dir, cache_dir, transport  # type: ignore[arg-type]
         )
         _register(self, mount_path)
@@ -619,14 +619,14 @@ class RWVolume(_MountableVolume):
         the JuiceFS client's default: ``ls -l`` and every first write then ask nothing per file.
         Returns self.
         """
-        from . import lifecycle
+        from . import mounts
 
         _check_flag("writeback", writeback)
-        kernel = lifecycle.KernelOptions(
+        kernel = mounts.KernelOptions(
             _as_path(mount_path), timeout, attr_cache, entry_cache, dir_entry_cache,
             _check_flag("xattrs", xattrs),
         )  # fmt: skip
-        m = lifecycle.mount_rw(
+        m = mounts.mount_rw(
             self, kernel, meta_dir, cache_dir, transport,  # type: ignore[arg-type]
             upload_workers=upload_workers, buffer_bytes=buffer_size_mb << 20,
         )  # fmt: skip

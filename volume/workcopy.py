@@ -40,7 +40,8 @@ from .juicefs import Format
 from .stores import ObjectStore
 
 if TYPE_CHECKING:
-    from .lifecycle import MetaDir, Mount
+    from .metadir import MetaDir
+    from .mounts import Mount
     from .model import Volume
 
 log = logging.getLogger("volume.workcopy")

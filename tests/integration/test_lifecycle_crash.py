@@ -226,20 +226,20 @@ def test_the_suite_leaves_no_temporary_meta_dir(tmp_path: Path) -> None:
 
 
 def test_first_mount_failing_half_way_is_resumed(tmp_path: Path, monkeypatch) -> None:
-    from volume import lifecycle
+    from volume import mounts
 
     bucket = str(tmp_path / "bucket")
-    real_claim = lifecycle.claim_domain
+    real_claim = mounts.claim_domain
 
     def failing(*args, **kwargs):
         raise OSError("the store went away")
 
-    monkeypatch.setattr(lifecycle, "claim_domain", failing)
+    monkeypatch.setattr(mounts, "claim_domain", failing)
     vol = Volume.new("halfway", bucket=bucket)
     with pytest.raises(OSError, match="went away"):
         vol.mount(transport="none")
     uuid = (tmp_path / "bucket" / "halfway" / "juicefs_uuid").read_text()
-    monkeypatch.setattr(lifecycle, "claim_domain", real_claim)
+    monkeypatch.setattr(mounts, "claim_domain", real_claim)
     rw = vol.mount(transport="none")  # resumed, not "bucket not empty"
     try:
         assert rw._mount.engine.fmt.UUID == uuid
@@ -269,7 +269,7 @@ def test_juicefs_uuid_is_claimed_create_only(tmp_path: Path) -> None:
 LOSING = textwrap.dedent(
     """
     import sys, time
-    from volume import Volume, lifecycle
+    from volume import Volume, locations
     from volume.testing.faults import WrappedObjectStore
 
     class Down(WrappedObjectStore):  # block uploads fail: closes publish, blocks stay buffered
@@ -278,8 +278,8 @@ LOSING = textwrap.dedent(
                 raise OSError(5, "the store is down")
             super().put(key, data, if_absent=if_absent)
 
-    real = lifecycle.object_store
-    lifecycle.object_store = lambda volume: Down(real(volume))
+    real = locations.object_store
+    locations.object_store = lambda volume: Down(real(volume))
     bucket, meta = sys.argv[1:3]
     rw = Volume.new("unsynced", bucket=bucket).mount(meta_dir=meta, transport="none")
     rw.fs.pipe_file("/lost.bin", b"x" * 300_000)

@@ -232,7 +232,7 @@ def test_commit_and_finalize_honour_timeout_and_leave_the_mount_intact(
     answers again, finalize succeeds with everything."""
     import threading
 
-    from volume import lifecycle
+    from volume import locations
     from volume.errors import VolumeCommitError
     from volume.testing.faults import WrappedObjectStore
 
@@ -245,8 +245,8 @@ def test_commit_and_finalize_honour_timeout_and_leave_the_mount_intact(
                 answer.wait(120)
             super().put(key, data, if_absent=if_absent)
 
-    real = lifecycle.object_store
-    monkeypatch.setattr(lifecycle, "object_store", lambda volume: Stalling(real(volume)))
+    real = locations.object_store
+    monkeypatch.setattr(locations, "object_store", lambda volume: Stalling(real(volume)))
     mnt = tmp_path / "mnt"
     rw = Volume.new("stalled", bucket=str(tmp_path / "bucket")).mount(mount_path=mnt)
     try:

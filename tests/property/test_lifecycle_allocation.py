@@ -131,7 +131,7 @@ def test_forks_of_one_version_racing_from_four_processes(tmp_path: Path) -> None
                        for i in range(4)])  # fmt: skip
     results = [json.loads(out.strip().splitlines()[-1]) for out in outs]
     store = Volume.from_locator(seed.produced_by.locator)
-    objects = __import__("volume.lifecycle", fromlist=["object_store"]).object_store(store)
+    objects = __import__("volume.locations", fromlist=["object_store"]).object_store(store)
     seed_blocks = set(index_blocks(seed, objects, tmp_path))
     own_domains = []
     for r in results:

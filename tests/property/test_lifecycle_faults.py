@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from volume import ROVolume, Volume, lifecycle
+from volume import ROVolume, Volume, locations
 from volume.errors import VolumeError
 from volume.testing.faults import Fault, FaultPlan, FaultyObjectStore, wrap_lifecycle_stores
 from volume.testing.lifecycle_machine import index_blocks, read_tree
@@ -37,14 +37,14 @@ SLOW = os.environ.get("VOLUME_LIFECYCLE_STEPS") is not None
 def audit(bucket: str, expected: dict[str, dict[str, bytes]], workdir: Path) -> dict[str, ROVolume]:
     """Check every version document under ``bucket``: its index exists with its hash, every
     block it references exists with its size, and it reads back ``expected[message]``."""
-    objects = lifecycle.object_store(Volume.empty("audit", bucket=bucket))
+    objects = locations.object_store(Volume.empty("audit", bucket=bucket))
     found: dict[str, ROVolume] = {}
     try:
         for info in objects.list(""):
             if not info.key.endswith("/volume.json") or "/_volume/versions/" not in info.key:
                 continue
             version = ROVolume.parse(objects.get(info.key))
-            index = objects.get(lifecycle._key_of(objects, version.index.path))
+            index = objects.get(locations.key_of(objects, version.index.path))
             assert "sha256:" + hashlib.sha256(index).hexdigest() == version.index.hash
             for key, size in index_blocks(version, objects, workdir, check=True).items():
                 assert objects.head(key).size == size, f"{info.key} references {key}, missing"

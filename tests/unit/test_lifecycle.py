@@ -873,7 +873,7 @@ def test_commit_and_finalize_report_bytes_up_front_and_end_at_the_total(
 ) -> None:
     import time
 
-    from volume.lifecycle import reporting_progress
+    from volume import reporting_progress
 
     put = MemoryObjectStore.put
 
@@ -909,7 +909,7 @@ def test_commit_and_finalize_report_bytes_up_front_and_end_at_the_total(
 
 
 def test_migrate_reports_inodes(bucket: str, twin_store_type: str) -> None:
-    from volume.lifecycle import reporting_progress
+    from volume import reporting_progress
 
     rw = Volume.new("migrating", bucket=bucket).mount(transport="none")
     fs = rw._mount.pathfs

@@ -25,7 +25,7 @@ from tests.cli.conftest import volume
 from volume import Volume
 from volume.gc import collect, fsck
 from volume.keys import kept_prefix
-from volume.lifecycle import MARKER_FILE
+from volume.metadir import MARKER_FILE
 from volume.testing.memory import MemoryObjectStore
 
 LATER = 2 * 3600.0  # past the default grace period: claims and heartbeats are all stale

@@ -113,7 +113,7 @@ class _Rate(ProgressColumn):
 
 class Bar:
     """A progress task: ``advance(n)``, ``total`` settable later, or ``report(done, total,
-    unit)`` as the library's progress callbacks call it (``volume.lifecycle.Progress``)."""
+    unit)`` as the library's progress callbacks call it (``volume.progress.Progress``)."""
 
     def __init__(self, progress: Progress | None, task: Any):
         self._progress, self._task = progress, task

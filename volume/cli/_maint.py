@@ -76,7 +76,7 @@ def gc_cmd(bucket: str, grace: str, delete: bool, forget: tuple[str, ...]) -> in
     Index snapshots without a version document are reported, never deleted.
     """
     from ..gc import collect, forget_kept
-    from ..lifecycle import object_store
+    from ..locations import object_store
     from ..model import Volume
     from ._versions import _bucket
 

@@ -73,8 +73,8 @@ def _bucket(bucket: str | None) -> str | None:
 
 @contextlib.contextmanager
 def _reported(description: str, unit: str) -> Iterator[None]:
-    """A bar fed by the library's progress reports (``volume.lifecycle.reporting_progress``)."""
-    from ..lifecycle import reporting_progress
+    """A bar fed by the library's progress reports (``volume.progress.reporting_progress``)."""
+    from ..progress import reporting_progress
 
     with progress(description, None, unit=unit) as bar, reporting_progress(bar.report):
         yield
@@ -135,7 +135,7 @@ def mount_cmd(version: str, mount_path: str, read_only: bool, fork_name: str | N
     handle: Any = None
 
     def serve(req: dict[str, Any], send: Any) -> dict[str, Any]:
-        from ..lifecycle import reporting_progress
+        from ..progress import reporting_progress
 
         if req.get("verb") == "ping" or handle is None:
             return {"name": getattr(handle, "name", None), "writable": not read_only}

@@ -245,15 +245,15 @@ class FaultyObjectStore(WrappedObjectStore):
 @contextlib.contextmanager
 def wrap_lifecycle_stores(wrap: Callable[[ObjectStore], ObjectStore]) -> Iterator[None]:
     """Make every object store the lifecycle verbs open pass through ``wrap`` (nests)."""
-    from .. import lifecycle
+    from .. import locations
 
-    original = lifecycle.object_store
+    original = locations.object_store
 
     def opened(volume):  # type: ignore[no-untyped-def]
         return wrap(original(volume))
 
-    lifecycle.object_store = opened  # type: ignore[assignment]
+    locations.object_store = opened  # type: ignore[assignment]
     try:
         yield
     finally:
-        lifecycle.object_store = original  # type: ignore[assignment]
+        locations.object_store = original  # type: ignore[assignment]

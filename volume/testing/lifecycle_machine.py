@@ -59,7 +59,7 @@ from hypothesis.stateful import (
 )
 
 from .. import dump as dump_module
-from .. import lifecycle, plugins
+from .. import locations, plugins
 from ..allocator import DOMAIN_BITS
 from ..errors import (
     PluginNotFound,
@@ -116,7 +116,7 @@ def _open_index(version: Volume, objects: Any, workdir: Path) -> Any:
     store_cls = plugins.meta_store_class(version.metadata_store_type or "sqlite")
     where = Path(tempfile.mkdtemp(dir=workdir))
     download = where / ".download"
-    objects.get_file(lifecycle._key_of(objects, version.index.path), download)
+    objects.get_file(locations.key_of(objects, version.index.path), download)
     store_cls.restore(download, where / "meta")
     return store_cls.open(where / "meta", read_only=True), where
 
@@ -292,7 +292,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         self._hook = wrap_lifecycle_stores(lambda s: RecordingObjectStore(s, self.recorder))
         self._hook.__enter__()
         probe = Volume.empty("probe", bucket=self.bucket)
-        self.objects = lifecycle.object_store(probe)  # recorded too (tag "setup")
+        self.objects = locations.object_store(probe)  # recorded too (tag "setup")
         self.did("runs")
         self.all_handles: list[Handle] = []
         self.published: list[Published] = []
@@ -412,7 +412,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         return self.workdir / "ro" / re.sub(r"[^A-Za-z0-9]", "_", p.vol.index.path)[-80:]
 
     def doc_key(self, vol: Volume) -> str:
-        return lifecycle._key_of(self.objects, vol.produced_by.locator)
+        return locations.key_of(self.objects, vol.produced_by.locator)
 
     def load_locator(self, locator: str) -> ROVolume:
         return Volume.from_locator(locator)
@@ -869,7 +869,7 @@ class LifecycleMachine(RuleBasedStateMachine):
     def corrupted_index(self, i: int, where: float, truncate: bool) -> None:
         """A document naming a damaged copy of an index: mount and fork refuse it, typed."""
         v = pick(self.published, i)
-        data = bytearray(self.objects.get(lifecycle._key_of(self.objects, v.vol.index.path)))
+        data = bytearray(self.objects.get(locations.key_of(self.objects, v.vol.index.path)))
         if truncate:
             data = data[: int(len(data) * where * 0.9)]
             digest = None
@@ -882,7 +882,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         damaged = v.vol.model_copy(
             update={
                 "index": File(
-                    path=lifecycle._uri(self.objects, key),
+                    path=locations.key_uri(self.objects, key),
                     name=v.vol.index.name,
                     format=v.vol.index.format,
                     hash=digest,
