@@ -35,9 +35,19 @@ FILE_BYTES = 4096
 STORES = ["sqlite", pytest.param("redis", marks=pytest.mark.server)]
 
 
+class LoggedStaged(StagedFile):
+    _store: "LoggedStore"
+
+    def seal(self, key, length):
+        self._store.logged(key)
+        super().seal(key, length)
+
+
 class LoggedStore(LocalObjectStore):
     """A local store that appends the key of every block it stores, put or staged and sealed, to
     ``puts.log`` (all processes)."""
+
+    staged_class = LoggedStaged
 
     def __init__(self, root: Path, log: Path):
         super().__init__(root)
@@ -50,18 +60,6 @@ class LoggedStore(LocalObjectStore):
     def put(self, key, data, *, if_absent=False):
         self.logged(key)
         super().put(key, data, if_absent=if_absent)
-
-    def stage(self, key):
-        staged = super().stage(key)
-        staged.__class__ = LoggedStaged
-        staged.logged = self.logged  # type: ignore[attr-defined]
-        return staged
-
-
-class LoggedStaged(StagedFile):
-    def seal(self, key, length):
-        self.logged(key)  # type: ignore[attr-defined]
-        super().seal(key, length)
 
 
 class BufferedLoggedStore(LoggedStore):

@@ -17,8 +17,29 @@ from volume_sqlite import SQLiteMetaStore
 BLOCK = 64 << 10
 
 
+class _Staged(StagedFile):
+    _store: "CountingStore"
+
+    def write(self, offset, data):
+        limit = self._store.failing_writes_at
+        if limit is not None and offset + len(data) > limit:
+            half = max(0, limit - offset)
+            super().write(offset, memoryview(data)[:half])  # part of it lands, as when a disk fills
+            raise OSError(errno.ENOSPC, "No space left on device (injected)")
+        super().write(offset, data)
+
+    def seal(self, key, length):
+        if self._store.failing_seals:
+            self._store.failing_seals -= 1
+            raise OSError(errno.EIO, "injected seal failure")
+        super().seal(key, length)
+        self._store.seals.append(key)
+
+
 class CountingStore(LocalObjectStore):
     """A local store that counts puts and can make seals or staged writes fail."""
+
+    staged_class = _Staged
 
     def __init__(self, root: Path):
         super().__init__(root)
@@ -30,31 +51,6 @@ class CountingStore(LocalObjectStore):
     def put(self, key, data, *, if_absent=False):
         self.puts.append(key)
         super().put(key, data, if_absent=if_absent)
-
-    def stage(self, key):
-        staged = super().stage(key)
-        staged.__class__ = _Staged
-        staged.owner = self  # type: ignore[attr-defined]
-        return staged
-
-
-class _Staged(StagedFile):
-    owner: CountingStore
-
-    def write(self, offset, data):
-        limit = self.owner.failing_writes_at
-        if limit is not None and offset + len(data) > limit:
-            half = max(0, limit - offset)
-            super().write(offset, memoryview(data)[:half])  # part of it lands, as when a disk fills
-            raise OSError(errno.ENOSPC, "No space left on device (injected)")
-        super().write(offset, data)
-
-    def seal(self, key, length):
-        if self.owner.failing_seals:
-            self.owner.failing_seals -= 1
-            raise OSError(errno.EIO, "injected seal failure")
-        super().seal(key, length)
-        self.owner.seals.append(key)
 
 
 def _volume(tmp_path: Path) -> tuple[CountingStore, SQLiteMetaStore, Engine]:

@@ -47,6 +47,62 @@ _STAGE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL  # read back when sealing fail
 _DIR_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY  # a handle to resolve, not read
 
 
+class StagedFile(StagedObject):
+    """An object of :class:`LocalObjectStore` being written: a temporary file beside its key's
+    (never listed, as every temporary file), linked to the key when sealed."""
+
+    def __init__(self, store: LocalObjectStore, key: str, tmp: str, fd: int) -> None:
+        self._store = store
+        self._key = key  # the key it was staged for, to name in errors
+        self._tmp = tmp
+        self._fd: int | None = fd
+        self._end = 0
+
+    def _open_fd(self) -> int:
+        if self._fd is None:
+            raise ValueError(f"the object staged for {self._key!r} was sealed or discarded")
+        return self._fd
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        """Write ``data`` at ``offset`` (no copy in the interpreter: ``pwrite(2)``)."""
+        fd = self._open_fd()
+        view = memoryview(data).cast("B")
+        if not 0 <= offset <= self._end:
+            raise ValueError(f"staged write at {offset} leaves a gap after byte {self._end}")
+        with self._store._os_errors("write", self._key):
+            done = 0
+            while done < len(view):  # a write may be partial (Linux caps one at ~2 GiB)
+                done += os.pwrite(fd, view[done:], offset + done)
+        self._end = max(self._end, offset + len(view))
+
+    def read(self, length: int) -> bytes:
+        with self._store._os_errors("read", self._key):
+            return _pread_exactly(self._open_fd(), min(length, self._end), 0)
+
+    def seal(self, key: str, length: int) -> None:
+        store = self._store
+        fd = self._open_fd()
+        path = store._path(key)
+        if os.path.dirname(path) != os.path.dirname(self._tmp):
+            raise InvalidKeyError(f"key {key!r} is not in the directory its object was staged in")
+        if not 0 <= length <= self._end:
+            raise ValueError(f"cannot seal {length} bytes of the {self._end} staged for {key!r}")
+        with store._os_errors("write", key):
+            if os.fstat(fd).st_size != length:  # bytes past it, e.g. of a write that failed
+                os.ftruncate(fd, length)
+            if store._fsync:
+                os.fsync(fd)
+            store._install(key, path, self._tmp, if_absent=True)
+            self._fd = None
+            os.close(fd)
+
+    def discard(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            _remove_quietly(self._tmp)
+
+
 class LocalObjectStore(ObjectStore):
     """Objects kept as files below a local directory (storage name ``file``).
 
@@ -60,6 +116,8 @@ class LocalObjectStore(ObjectStore):
     capabilities = ObjectStoreCapabilities(
         conditional_put=True, range_reads=True, local=True, staging=True
     )
+    #: what :meth:`stage` returns (a subclass may wrap the staged files' calls)
+    staged_class: type[StagedFile] = StagedFile
 
     def __init__(self, root: str | os.PathLike[str], *, fsync: bool = False) -> None:
         """Use the directory ``root`` (made absolute, created when missing).
@@ -305,7 +363,7 @@ class LocalObjectStore(ObjectStore):
         path = self._path(key)
         with self._os_errors("write", key):
             tmp, fd = self._create_temp(key, path, flags=_STAGE_FLAGS)
-        return StagedFile(self, key, tmp, fd)
+        return self.staged_class(self, key, tmp, fd)
 
     def _create_temp(self, key: str, path: str, flags: int = _TEMP_FLAGS) -> tuple[str, int]:
         """Create the temporary file for ``path`` (and its missing parents); ``(name, fd)``.
@@ -410,62 +468,6 @@ class LocalObjectStore(ObjectStore):
 
 
 _E = TypeVar("_E", bound=ObjectStoreError)
-
-
-class StagedFile(StagedObject):
-    """An object of :class:`LocalObjectStore` being written: a temporary file beside its key's
-    (never listed, as every temporary file), linked to the key when sealed."""
-
-    def __init__(self, store: LocalObjectStore, key: str, tmp: str, fd: int) -> None:
-        self._store = store
-        self._key = key  # the key it was staged for, to name in errors
-        self._tmp = tmp
-        self._fd: int | None = fd
-        self._end = 0
-
-    def _open_fd(self) -> int:
-        if self._fd is None:
-            raise ValueError(f"the object staged for {self._key!r} was sealed or discarded")
-        return self._fd
-
-    def write(self, offset: int, data: bytes | memoryview) -> None:
-        """Write ``data`` at ``offset`` (no copy in the interpreter: ``pwrite(2)``)."""
-        fd = self._open_fd()
-        view = memoryview(data).cast("B")
-        if not 0 <= offset <= self._end:
-            raise ValueError(f"staged write at {offset} leaves a gap after byte {self._end}")
-        with self._store._os_errors("write", self._key):
-            done = 0
-            while done < len(view):  # a write may be partial (Linux caps one at ~2 GiB)
-                done += os.pwrite(fd, view[done:], offset + done)
-        self._end = max(self._end, offset + len(view))
-
-    def read(self, length: int) -> bytes:
-        with self._store._os_errors("read", self._key):
-            return _pread_exactly(self._open_fd(), min(length, self._end), 0)
-
-    def seal(self, key: str, length: int) -> None:
-        store = self._store
-        fd = self._open_fd()
-        path = store._path(key)
-        if os.path.dirname(path) != os.path.dirname(self._tmp):
-            raise InvalidKeyError(f"key {key!r} is not in the directory its object was staged in")
-        if not 0 <= length <= self._end:
-            raise ValueError(f"cannot seal {length} bytes of the {self._end} staged for {key!r}")
-        with store._os_errors("write", key):
-            if os.fstat(fd).st_size != length:  # bytes past it, e.g. of a write that failed
-                os.ftruncate(fd, length)
-            if store._fsync:
-                os.fsync(fd)
-            store._install(key, path, self._tmp, if_absent=True)
-            self._fd = None
-            os.close(fd)
-
-    def discard(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-            _remove_quietly(self._tmp)
 
 
 def _with_errno(exc: _E, code: int | None) -> _E:
