@@ -53,6 +53,73 @@ class ObjectStoreCapabilities:
     staging: bool = False
 
 
+class ByteStream(ABC):
+    """The bytes of one write, handed over once and read in order: e.g. a FUSE write request's
+    data left in a kernel pipe, which can move into a file without passing through the
+    interpreter (``splice(2)``).
+
+    ``len()`` is the number of bytes; a slice is a stream of that part of them (the parts of a
+    stream are read in order, each once). :meth:`read` returns them; :meth:`write_into` puts them
+    into a file at an offset, which an implementation may do without copying them into memory.
+    """
+
+    def __init__(self, length: int) -> None:
+        self._start = 0  # this stream's first byte, in its root stream
+        self._length = length
+        self._root = self
+        self._pos = 0  # (of a root) bytes read so far
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, part: slice) -> ByteStream:
+        start, stop, step = part.indices(self._length)
+        if step != 1:
+            raise ValueError("a byte stream is read in order")
+        return _StreamPart(self._root, self._start + start, max(0, stop - start))
+
+    def _take(self) -> ByteStream:
+        """The root stream, checked to be at this part's first byte, and moved past it."""
+        root = self._root
+        if root._pos != self._start:
+            raise ValueError(
+                f"byte stream read out of order: at byte {root._pos}, asked for {self._start}"
+            )
+        root._pos += self._length
+        return root
+
+    def read(self) -> bytes | memoryview:
+        """This stream's bytes."""
+        return self._take()._read_next(self._length)
+
+    def write_into(self, fd: int, offset: int) -> None:
+        """Write this stream's bytes into the open file ``fd`` at ``offset`` (``pwrite(2)``
+        unless the implementation knows better); raises :class:`OSError` on failure."""
+        self._take()._write_next(self._length, fd, offset)
+
+    @abstractmethod
+    def _read_next(self, n: int) -> bytes | memoryview:
+        """The root's next ``n`` bytes."""
+
+    def _write_next(self, n: int, fd: int, offset: int) -> None:
+        """Write the root's next ``n`` bytes into ``fd`` at ``offset``."""
+        view = memoryview(self._read_next(n))
+        done = 0
+        while done < n:  # a write may be partial (Linux caps one at ~2 GiB)
+            done += os.pwrite(fd, view[done:], offset + done)
+
+
+class _StreamPart(ByteStream):
+    """A slice of a stream: bytes ``[start, start + length)`` of its root."""
+
+    def __init__(self, root: ByteStream, start: int, length: int) -> None:
+        super().__init__(length)
+        self._root, self._start = root, start
+
+    def _read_next(self, n: int) -> bytes | memoryview:
+        raise AssertionError("only a root stream reads")  # (_take returns the root)
+
+
 class StagedObject(ABC):
     """A new object being written in place (:meth:`ObjectStore.stage`): invisible to every reader
     until :meth:`seal` publishes it whole. Used by one thread at a time."""
@@ -60,6 +127,11 @@ class StagedObject(ABC):
     @abstractmethod
     def write(self, offset: int, data: bytes | memoryview) -> None:
         """Write ``data`` at ``offset`` (over earlier bytes or at the end; never past it)."""
+
+    def write_stream(self, offset: int, data: ByteStream) -> None:
+        """:meth:`write` the bytes of a stream (a store writing to a file descriptor overrides
+        this with ``data.write_into``, which may move them without a copy)."""
+        self.write(offset, data.read())
 
     @abstractmethod
     def read(self, length: int) -> bytes:

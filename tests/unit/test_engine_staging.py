@@ -1,5 +1,7 @@
 """Blocks written in place in a store that stages objects (the local store): nothing buffered or
-put, a refused seal falls back to the upload path, a failed write fails the caller's write."""
+put, a refused seal falls back to the upload path, a failed write fails the caller's write; the
+same for writes whose bytes wait in a pipe (a FUSE mount's big writes), which move into the
+staged blocks by splice."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import pytest
 
 from volume.engine import Engine, PathFS, format_volume, new_format
 from volume.engine.check import check_metadata
+from volume.testing import MemoryObjectStore, PipeStream
 from volume_local import LocalObjectStore, StagedFile
 from volume_sqlite import SQLiteMetaStore
 
@@ -27,6 +30,15 @@ class _Staged(StagedFile):
             super().write(offset, memoryview(data)[:half])  # part of it lands, as when a disk fills
             raise OSError(errno.ENOSPC, "No space left on device (injected)")
         super().write(offset, data)
+
+    def write_stream(self, offset, data):
+        self._store.stream_writes += 1
+        limit = self._store.failing_writes_at
+        if limit is not None and offset + len(data) > limit:
+            half = max(0, limit - offset)
+            super().write_stream(offset, data[:half])
+            raise OSError(errno.ENOSPC, "No space left on device (injected)")
+        super().write_stream(offset, data)
 
     def seal(self, key, length):
         if self._store.failing_seals:
@@ -46,6 +58,7 @@ class CountingStore(LocalObjectStore):
         self.puts: list[str] = []
         self.seals: list[str] = []
         self.failing_seals = 0
+        self.stream_writes = 0
         self.failing_writes_at: int | None = None  # fail staged writes reaching past this offset
 
     def put(self, key, data, *, if_absent=False):
@@ -142,4 +155,69 @@ def test_an_unlinked_file_leaves_no_staged_block(tmp_path: Path) -> None:
     fs.close(fd)
     engine.close()
     assert _leftovers(tmp_path / "bucket") == []
+    meta.close()
+
+
+def test_a_stream_moves_into_the_staged_blocks(tmp_path: Path) -> None:
+    objects, meta, engine = _volume(tmp_path)
+    fs = PathFS(engine)
+    data = os.urandom(3 * BLOCK + 999)
+    fd = fs.open("/f", os.O_WRONLY | os.O_CREAT)
+    fs.write(fd, data[:77])
+    with PipeStream(data[77:]) as stream:  # from an unaligned offset, across three blocks
+        assert fs.write(fd, stream, 77) == len(data) - 77
+    fs.close(fd)
+    assert objects.stream_writes == 4  # one per block the stream reaches
+    assert fs.read_bytes("/f") == data
+    assert not [key for key in objects.puts if "/chunks/" in key]
+    assert engine.blocks.buffered_bytes == 0
+    engine.close()
+    assert _leftovers(tmp_path / "bucket") == []
+    reopened = Engine(meta, objects)
+    assert PathFS(reopened).read_bytes("/f") == data
+    reopened.close()
+    meta.close()
+
+
+def test_a_stream_is_buffered_for_a_store_that_does_not_stage(tmp_path: Path) -> None:
+    objects = MemoryObjectStore("buffered")
+    meta = SQLiteMetaStore.open(tmp_path / "meta")
+    fmt = new_format("buffered", storage="memory", bucket="memory://buffered/", block_size_kib=64)
+    format_volume(meta, objects, fmt)
+    engine = Engine(meta, objects)
+    fs = PathFS(engine)
+    data = os.urandom(2 * BLOCK + 5)
+    fd = fs.open("/f", os.O_WRONLY | os.O_CREAT)
+    with PipeStream(data) as stream:
+        fs.write(fd, stream, 0)
+    fs.close(fd)
+    assert fs.read_bytes("/f") == data
+    engine.close()
+    reopened = Engine(meta, objects)
+    assert PathFS(reopened).read_bytes("/f") == data
+    reopened.close()
+    meta.close()
+
+
+def test_a_failed_stream_write_fails_the_write_and_loses_nothing_before_it(
+    tmp_path: Path,
+) -> None:
+    objects, meta, engine = _volume(tmp_path)
+    fs = PathFS(engine)
+    head = os.urandom(BLOCK + 1000)
+    fd = fs.open("/f", os.O_WRONLY | os.O_CREAT)
+    fs.write(fd, head)
+    objects.failing_writes_at = 2000  # within the second block
+    with PipeStream(os.urandom(5000)) as stream:
+        with pytest.raises(OSError) as caught:
+            fs.write(fd, stream, len(head))
+    assert caught.value.errno == errno.ENOSPC
+    objects.failing_writes_at = None
+    with PipeStream(b"tail") as stream:
+        fs.write(fd, stream, len(head))  # the file goes on after its last good byte
+    fs.close(fd)
+    assert fs.read_bytes("/f") == head + b"tail"
+    engine.close()
+    assert _leftovers(tmp_path / "bucket") == []
+    assert check_metadata(meta) == []
     meta.close()

@@ -41,6 +41,7 @@ from typing import Iterator
 
 from ..errors import VolumeSystemError
 from ..juicefs import CHUNK_SIZE, TYPE_DIRECTORY, TYPE_FILE, Attr, SliceRecord, unpack_slices
+from ..stores import ByteStream
 from .compaction import DEFAULT_COMPACTION, plan_compaction
 from .posix import ROOT, W_OK, Caller, check_access, fs_error, open_access_mask
 from .reclaim import hides_earlier
@@ -199,8 +200,11 @@ class FileOps:
 
     # ------------------------------------------------------------------ writes
 
-    def write(self, fh: int, offset: int, data: bytes | memoryview) -> int:
+    def write(self, fh: int, offset: int, data: bytes | memoryview | ByteStream) -> int:
         """Write at ``offset`` (at the end with ``O_APPEND``); returns the bytes written.
+
+        ``data`` may be a :class:`~volume.stores.ByteStream` (a FUSE request's bytes in a pipe),
+        which goes into staged blocks without passing through the interpreter.
 
         A non-owner's write clears the file's set-user-ID and set-group-ID bits (as Linux's
         ``file_remove_privs``), recorded with the data.
@@ -213,7 +217,7 @@ class FileOps:
         if not data:
             return 0
         oi = h.inode
-        view = memoryview(data).cast("B")
+        view = data if isinstance(data, ByteStream) else memoryview(data).cast("B")
         with oi.lock:
             if self._frozen:
                 raise fs_error(errno.EROFS)

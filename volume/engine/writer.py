@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..juicefs import SliceRecord
-from ..stores import StagedObject
+from ..stores import ByteStream, StagedObject
 from .blocks import BlockStore
 from .posix import Caller
 
@@ -50,10 +50,10 @@ class SliceWriter:
         bytes not yet handed over and leaves no gap)."""
         return self.pos + self.frozen <= pos <= self.end
 
-    def write(self, pos: int, data: bytes | memoryview) -> None:
+    def write(self, pos: int, data: bytes | memoryview | ByteStream) -> None:
         """Write ``data`` at chunk position ``pos`` (``accepts(pos)`` must hold)."""
         bs = self.blocks.block_bytes
-        view = memoryview(data)
+        view = data if isinstance(data, ByteStream) else memoryview(data)
         rel = pos - self.pos - self.frozen
         done = 0
         while done < len(view):
@@ -61,14 +61,16 @@ class SliceWriter:
                 big = len(view) - done >= PREALLOCATE_FROM
                 self.buf = self.blocks.new_block(self.id, self.frozen // bs, big=big)
             n = min(len(view) - done, bs - rel)
-            buf = self.buf
+            buf, piece = self.buf, view[done : done + n]
             if isinstance(buf, bytearray):
                 held = len(buf)
-                buf[rel : rel + n] = view[done : done + n]
+                buf[rel : rel + n] = piece.read() if isinstance(piece, ByteStream) else piece
                 if len(buf) != held:
                     self.blocks.buffered(len(buf) - held)
+            elif isinstance(piece, ByteStream):
+                buf.write_stream(rel, piece)
             else:
-                buf.write(rel, view[done : done + n])
+                buf.write(rel, piece)
             rel += n
             done += n
             self.fill = max(self.fill, rel)

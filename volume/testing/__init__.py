@@ -18,6 +18,7 @@ _EXPORTS = {
     "ObjectStoreTests": "volume.testing.objectstore",
     "MetaStoreTests": "volume.testing.metastore",
     "MemoryObjectStore": "volume.testing.memory",
+    "PipeStream": "volume.testing.streams",
     "FSMachine": "volume.testing.fsmachine",
     "EngineMachine": "volume.testing.fsmachine",
     "OsDir": "volume.testing.fsmachine",

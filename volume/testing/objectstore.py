@@ -37,6 +37,7 @@ import pytest
 
 from ..errors import InvalidKeyError, ObjectExists, ObjectNotFound, VolumeValidationError
 from ..stores import ObjectInfo, ObjectStore
+from .streams import PipeStream
 
 if TYPE_CHECKING:
     import multiprocessing.synchronize
@@ -438,6 +439,28 @@ class ObjectStoreTests:
             staged.write(0, b"after the seal")
         staged.discard()  # after the seal: nothing to drop
         assert store.get(KEY) == expected
+
+    def test_a_staged_object_takes_byte_streams(self, store: ObjectStore) -> None:
+        """``write_stream``: the bytes of a stream (as a FUSE write's, left in a pipe), in parts
+        read in order, each where it belongs; a stream cannot be read twice or out of order."""
+        if not self.stages(store):
+            return
+        data = payload(2 * MiB + 3)
+        staged = store.stage(KEY)
+        staged.write(0, data[:100])
+        with PipeStream(data[100:]) as stream:
+            first, second = stream[: MiB - 7], stream[MiB - 7 :]
+            with pytest.raises(ValueError, match="out of order"):
+                staged.write_stream(100, second)
+            staged.write_stream(100, first)
+            with pytest.raises(ValueError, match="out of order"):
+                staged.write_stream(100, first)  # read already
+            with pytest.raises(ValueError):
+                staged.write_stream(len(data) + 1, second)  # a gap: refused before reading
+            staged.write_stream(100 + len(first), second)
+        assert staged.read(len(data)) == data
+        staged.seal(KEY, len(data))
+        assert store.get(KEY) == data
 
     def test_a_staged_object_has_no_gap_and_seals_the_length_given(
         self, store: ObjectStore

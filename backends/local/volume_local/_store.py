@@ -27,7 +27,13 @@ from volume.errors import (
     VolumeValidationError,
 )
 from volume.keys import validate_key, validate_prefix, validate_range
-from volume.stores import ObjectInfo, ObjectStore, ObjectStoreCapabilities, StagedObject
+from volume.stores import (
+    ByteStream,
+    ObjectInfo,
+    ObjectStore,
+    ObjectStoreCapabilities,
+    StagedObject,
+)
 
 # Temporary files (ours and a JuiceFS client's) are not objects: list() skips them and no key may
 # take such a name.
@@ -74,6 +80,16 @@ class StagedFile(StagedObject):
             while done < len(view):  # a write may be partial (Linux caps one at ~2 GiB)
                 done += os.pwrite(fd, view[done:], offset + done)
         self._end = max(self._end, offset + len(view))
+
+    def write_stream(self, offset: int, data: ByteStream) -> None:
+        """Write a stream's bytes at ``offset`` (straight from a pipe into the file, when the
+        stream is one: ``splice(2)``)."""
+        fd = self._open_fd()
+        if not 0 <= offset <= self._end:
+            raise ValueError(f"staged write at {offset} leaves a gap after byte {self._end}")
+        with self._store._os_errors("write", self._key):
+            data.write_into(fd, offset)
+        self._end = max(self._end, offset + len(data))
 
     def read(self, length: int) -> bytes:
         with self._store._os_errors("read", self._key):
