@@ -299,6 +299,10 @@ class NullOperations(EngineOperations):
             node[1] = max(node[1], offset + len(data))
         return len(data)
 
+    # mfusepy's plain write, as any do-nothing mfusepy server: libfuse reads each request into
+    # its buffer (a server that registers write_buf gets big ones spliced into a pipe)
+    write_buf = None
+
     def truncate(self, path: str | None, length: int, fh: int | None = None) -> None:
         self._node(path)[1] = length
 

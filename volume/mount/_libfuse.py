@@ -26,7 +26,7 @@ else:
         f"libfuse 3 is needed; install fuse3 or set FUSE_LIBRARY_NAME=fuse3"
     )
 
-__all__ = ["LIBFUSE_PROBLEM", "libfuse", "mfusepy", "python_api", "request_id"]
+__all__ = ["Buf", "BufVec", "LIBFUSE_PROBLEM", "libfuse", "mfusepy", "python_api", "request_id"]
 
 
 class _ContextAndRequest(ctypes.Structure):
@@ -42,6 +42,30 @@ class _RequestHead(ctypes.Structure):
     """The first fields of libfuse's ``struct fuse_req``."""
 
     _fields_ = [("session", ctypes.c_void_p), ("unique", ctypes.c_uint64)]
+
+
+class Buf(ctypes.Structure):
+    """libfuse's ``struct fuse_buf``: bytes in memory, or in a file descriptor."""
+
+    _fields_ = [
+        ("size", ctypes.c_size_t),
+        ("flags", ctypes.c_int),
+        ("mem", ctypes.c_void_p),
+        ("fd", ctypes.c_int),
+        ("pos", ctypes.c_int64),  # off_t
+    ]
+
+
+class BufVec(ctypes.Structure):
+    """libfuse's ``struct fuse_bufvec`` (with its first buffer inline, which mfusepy's
+    declaration has as a pointer)."""
+
+    _fields_ = [
+        ("count", ctypes.c_size_t),
+        ("idx", ctypes.c_size_t),
+        ("off", ctypes.c_size_t),
+        ("buf", Buf * 1),
+    ]
 
 
 def request_id() -> int | None:
@@ -69,9 +93,14 @@ def python_api() -> Any:
 
 @functools.lru_cache(maxsize=None)
 def libfuse() -> Any:
-    """The libfuse library mfusepy loaded, with the one call mfusepy does not wrap declared."""
+    """The libfuse library mfusepy loaded, with the calls mfusepy does not wrap declared."""
     lib = mfusepy._libfuse
     lib.fuse_invalidate_path.argtypes = (ctypes.c_void_p, ctypes.c_char_p)
     lib.fuse_invalidate_path.restype = ctypes.c_int
+    bufvec_p = ctypes.POINTER(BufVec)
+    lib.fuse_buf_size.argtypes = (bufvec_p,)
+    lib.fuse_buf_size.restype = ctypes.c_size_t
+    lib.fuse_buf_copy.argtypes = (bufvec_p, bufvec_p, ctypes.c_int)
+    lib.fuse_buf_copy.restype = ctypes.c_ssize_t
     return lib
 

@@ -14,6 +14,7 @@ which tells the translator (:meth:`EngineOperations.namespace_changed`,
 from __future__ import annotations
 
 import errno
+import fcntl
 import functools
 import itertools
 import logging
@@ -26,6 +27,7 @@ from typing import Any, Iterator
 from ..engine import RENAME_EXCHANGE, ROOT, Caller, Engine
 from ..engine.posix import TYPE_TO_IFMT as _IFMT, check_xattr_name, st_mode
 from ..juicefs import ROOT_INODE, TYPE_DIRECTORY, Attr
+from ..stores import ByteStream
 from ._libfuse import libfuse, mfusepy, request_id
 
 log = logging.getLogger("volume.mount.fuse")
@@ -179,6 +181,36 @@ def _split(path: str) -> tuple[str, bytes]:
     """``"/a/b"`` -> ``("/a", b"b")``; libfuse's paths are absolute and normalised."""
     head, _, name = path.rpartition("/")
     return head or "/", os.fsencode(name)
+
+
+@functools.lru_cache(maxsize=None)
+def spliced_max_write() -> int:
+    """The largest write request, at most :data:`MAX_IO`, that libfuse splices out of
+    ``/dev/fuse`` (a file system with ``write_buf``): its pipe must hold a whole request, the data
+    and a page for the header, and a process without ``CAP_SYS_RESOURCE`` cannot grow a pipe past
+    ``/proc/sys/fs/pipe-max-size`` (1 MiB by default). Otherwise libfuse reads every request into
+    its buffer, a copy more of each byte written: measured, 1 MiB writes split in requests of
+    1020 + 4 KiB cost the server less than whole 1 MiB requests copied (0.77 against 0.81 CPU
+    seconds per GiB), and writes of 4 MiB 20% less."""
+    if not hasattr(fcntl, "F_SETPIPE_SZ"):  # not Linux: no splicing
+        return MAX_IO
+    page = os.sysconf("SC_PAGESIZE")
+    reader, writer = os.pipe()
+    try:
+        fcntl.fcntl(reader, fcntl.F_SETPIPE_SZ, MAX_IO + page)
+        return MAX_IO
+    except OSError:
+        pass
+    finally:
+        os.close(reader)
+        os.close(writer)
+    try:
+        with open("/proc/sys/fs/pipe-max-size") as f:
+            largest = int(f.read()) - page
+    except (OSError, ValueError):
+        return MAX_IO
+    # requests much smaller than 1 MiB would cost more per byte than the copy saves
+    return largest if MAX_IO // 2 <= largest < MAX_IO else MAX_IO
 
 
 class EngineOperations:
@@ -755,11 +787,16 @@ class EngineOperations:
         """``read`` straight into libfuse's reply buffer ``into``; returns the bytes read."""
         return self.engine.read_into(fh, offset, into)
 
-    def write(self, path: str | None, data: memoryview, offset: int, fh: int) -> int:
-        """``data`` is valid during the call only (the engine copies it)."""
+    def write(self, path: str | None, data: memoryview | ByteStream, offset: int, fh: int) -> int:
+        """``data`` is valid during the call only (the engine copies it): a view of the request,
+        or the request's bytes left in a pipe (see :meth:`write_buf`)."""
         written = self.engine.write(fh, offset, data)
         self._invalidate(self._other_names(self._handle_inodes.get(fh), path))
         return written
+
+    #: Present, it has mfusepy register libfuse's ``write_buf``, which makes libfuse splice big
+    #: write requests into a pipe; the session hands them to :meth:`write` as a ``ByteStream``.
+    write_buf = write
 
     def flush(self, path: str | None, fh: int) -> None:
         self.engine.flush(fh)
@@ -785,12 +822,13 @@ class EngineOperations:
         self.engine.release(fh)
 
     def init_with_config(self, conn: Any, config: Any) -> None:
-        """Ask for 1 MiB requests (libfuse caps them at its buffer size)."""
+        """Ask for requests of up to 1 MiB (libfuse caps them at its buffer size), writes of a
+        size libfuse can splice (:func:`spliced_max_write`)."""
         self._fuse = libfuse().fuse_get_context().contents.fuse
         conn.want &= ~FUSE_CAP_AUTO_INVAL_DATA  # see FuseMount.start: kernel_cache instead
         # attributes with every directory listing, not only its first batch: otherwise ls -l,
         # du and find -type look each further entry up in a request of its own
         conn.want &= ~FUSE_CAP_READDIRPLUS_AUTO
-        conn.max_write = MAX_IO
+        conn.max_write = spliced_max_write()
         conn.max_readahead = MAX_IO  # the kernel keeps the smaller of this and its own
 

@@ -11,6 +11,7 @@ import ctypes
 import errno
 import logging
 import operator
+import os
 import struct
 import threading
 from typing import Any
@@ -19,7 +20,8 @@ from ..engine import NOW
 from ..engine.posix import TYPE_TO_IFMT as _IFMT
 from ..errors import VolumeSystemError
 from ..juicefs import Attr
-from ._libfuse import mfusepy, python_api
+from ..stores import ByteStream
+from ._libfuse import Buf, BufVec, libfuse, mfusepy, python_api
 from .operations import EngineOperations
 
 log = logging.getLogger("volume.mount.fuse")
@@ -157,6 +159,24 @@ class LibfuseSession(mfusepy.FUSE if mfusepy is not None else object):  # type: 
         data = ctypes.cast(buf, ctypes.POINTER(ctypes.c_char * size)).contents
         return self.operations.write(self._str(path), memoryview(data), offset, fip.contents.fh)
 
+    def write_buf(self, path: bytes | None, bufv_p: Any, offset: int, fip: Any) -> int:
+        # Registered, this has libfuse splice big write requests out of /dev/fuse into a pipe
+        # (the kernel hands over its pages, no copy) instead of reading them into its buffer;
+        # the engine then splices them from the pipe into the block being written.
+        source = ctypes.cast(bufv_p, ctypes.POINTER(BufVec))
+        bufv = source.contents
+        first = bufv.buf[0]
+        if bufv.count == 1 and not first.flags & FUSE_BUF_IS_FD:  # a small request, in memory
+            size = first.size - bufv.off
+            data: Any = (
+                memoryview((ctypes.c_char * size).from_address(first.mem + bufv.off))
+                if size
+                else b""
+            )
+        else:
+            data = RequestStream(source, libfuse().fuse_buf_size(source))
+        return self.operations.write(self._str(path), data, offset, fip.contents.fh)
+
     def readdir_fuse_3(
         self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int
     ) -> int:
@@ -277,6 +297,40 @@ def _fill_stat(st: Any, attrs: dict[str, int]) -> None:
         else:
             ts = getattr(st, spec)
             ts.tv_sec, ts.tv_nsec = divmod(value, 1_000_000_000)
+
+
+FUSE_BUF_IS_FD = 1 << 1  # struct fuse_buf's flags
+FUSE_BUF_FD_SEEK = 1 << 2
+FUSE_BUF_FD_RETRY = 1 << 3
+
+
+class RequestStream(ByteStream):
+    """The data of a write request that libfuse left in a pipe (its ``struct fuse_bufvec``),
+    valid during the call only. Written into a file, it moves by ``splice(2)``: the pages the
+    writing program filled reach the file with one copy, as with a local file system."""
+
+    def __init__(self, bufv_p: Any, length: int) -> None:
+        super().__init__(length)
+        self._source = bufv_p
+
+    def _read_next(self, n: int) -> bytearray:
+        out = bytearray(n)
+        address = ctypes.addressof((ctypes.c_char * n).from_buffer(out))
+        self._copy(Buf(size=n, flags=0, mem=address, fd=-1, pos=0), n)
+        return out
+
+    def _write_next(self, n: int, fd: int, offset: int) -> None:
+        flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK | FUSE_BUF_FD_RETRY
+        self._copy(Buf(size=n, flags=flags, mem=None, fd=fd, pos=offset), n)
+
+    def _copy(self, target: Any, n: int) -> None:
+        """Move the source's next ``n`` bytes to ``target`` (the interpreter lock released)."""
+        dst = BufVec(count=1, idx=0, off=0, buf=(Buf * 1)(target))
+        copied = libfuse().fuse_buf_copy(ctypes.byref(dst), self._source, 0)
+        if copied < 0:
+            raise OSError(-copied, os.strerror(-copied))
+        if copied != n:
+            raise OSError(errno.EIO, f"write request data cut short: {copied} of {n} bytes")
 
 
 def _utime(ts: Any) -> int | object | None:
