@@ -13,6 +13,7 @@ import pytest
 
 from volume.engine import Engine, PathFS, format_volume, new_format
 from volume.engine.check import check_metadata
+from volume.stores import ObjectStore
 from volume.testing import MemoryObjectStore, PipeStream
 from volume_local import LocalObjectStore, StagedFile
 from volume_sqlite import SQLiteMetaStore
@@ -74,6 +75,15 @@ def _volume(tmp_path: Path) -> tuple[CountingStore, SQLiteMetaStore, Engine]:
     return objects, meta, Engine(meta, objects)
 
 
+def _reopened_reads(meta: SQLiteMetaStore, objects: ObjectStore) -> bytes:
+    """``/f`` as a new engine on the volume reads it."""
+    reopened = Engine(meta, objects)
+    try:
+        return PathFS(reopened).read_bytes("/f")
+    finally:
+        reopened.close()
+
+
 def _leftovers(root: Path) -> list[str]:
     """Temporary files in the bucket (a staged block that was neither sealed nor discarded)."""
     return [p.name for p in root.rglob(".jfs.*")]
@@ -95,10 +105,8 @@ def test_blocks_are_sealed_in_place_and_never_put(tmp_path: Path) -> None:
     assert engine.blocks.buffered_bytes == 0 and engine.blocks.pending_bytes == 0
     engine.close()
     assert _leftovers(tmp_path / "bucket") == []
-    reopened = Engine(meta, objects)
-    assert PathFS(reopened).read_bytes("/f") == expected
+    assert _reopened_reads(meta, objects) == expected
     assert check_metadata(meta) == []
-    reopened.close()
     meta.close()
 
 
@@ -117,9 +125,7 @@ def test_a_refused_seal_falls_back_to_the_upload(tmp_path: Path) -> None:
     assert fs.read_bytes("/f") == data
     engine.close()
     assert _leftovers(tmp_path / "bucket") == []
-    reopened = Engine(meta, objects)
-    assert PathFS(reopened).read_bytes("/f") == data
-    reopened.close()
+    assert _reopened_reads(meta, objects) == data
     meta.close()
 
 
@@ -182,9 +188,7 @@ def test_a_stream_moves_into_the_staged_blocks(tmp_path: Path) -> None:
     assert engine.blocks.buffered_bytes == 0
     engine.close()
     assert _leftovers(tmp_path / "bucket") == []
-    reopened = Engine(meta, objects)
-    assert PathFS(reopened).read_bytes("/f") == data
-    reopened.close()
+    assert _reopened_reads(meta, objects) == data
     meta.close()
 
 
@@ -202,7 +206,5 @@ def test_a_stream_is_buffered_for_a_store_that_does_not_stage(tmp_path: Path) ->
     fs.close(fd)
     assert fs.read_bytes("/f") == data
     engine.close()
-    reopened = Engine(meta, objects)
-    assert PathFS(reopened).read_bytes("/f") == data
-    reopened.close()
+    assert _reopened_reads(meta, objects) == data
     meta.close()
