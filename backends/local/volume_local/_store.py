@@ -69,24 +69,25 @@ class StagedFile(StagedObject):
             raise ValueError(f"the object staged for {self._key!r} was sealed or discarded")
         return self._fd
 
-    def write(self, offset: int, data: bytes | memoryview) -> None:
-        """Write ``data`` at ``offset`` (no copy in the interpreter: ``pwrite(2)``)."""
+    def _fd_to_write_at(self, offset: int) -> int:
+        """The open file, for a write at ``offset`` (which must leave no gap)."""
         fd = self._open_fd()
-        view = memoryview(data).cast("B")
         if not 0 <= offset <= self._end:
             raise ValueError(f"staged write at {offset} leaves a gap after byte {self._end}")
+        return fd
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        """Write ``data`` at ``offset`` (no copy in the interpreter: ``pwrite(2)``)."""
+        fd = self._fd_to_write_at(offset)
+        view = memoryview(data).cast("B")
         with self._store._os_errors("write", self._key):
-            done = 0
-            while done < len(view):  # a write may be partial (Linux caps one at ~2 GiB)
-                done += os.pwrite(fd, view[done:], offset + done)
+            _write_all(fd, view, offset)
         self._end = max(self._end, offset + len(view))
 
     def write_stream(self, offset: int, data: ByteStream) -> None:
         """Write a stream's bytes at ``offset`` (straight from a pipe into the file, when the
         stream is one: ``splice(2)``)."""
-        fd = self._open_fd()
-        if not 0 <= offset <= self._end:
-            raise ValueError(f"staged write at {offset} leaves a gap after byte {self._end}")
+        fd = self._fd_to_write_at(offset)
         with self._store._os_errors("write", self._key):
             data.write_into(fd, offset)
         self._end = max(self._end, offset + len(data))
@@ -556,10 +557,12 @@ def _pread_exactly(fd: int, size: int, offset: int) -> bytes:
     return b"".join(parts)
 
 
-def _write_all(fd: int, view: memoryview) -> None:
+def _write_all(fd: int, view: memoryview, offset: int | None = None) -> None:
+    """Write all of ``view`` at the file position, or at ``offset`` (``pwrite``)."""
     written = 0
     while written < len(view):  # a write may be partial (Linux caps one at ~2 GiB)
-        written += os.write(fd, view[written:])
+        rest = view[written:]
+        written += os.write(fd, rest) if offset is None else os.pwrite(fd, rest, offset + written)
 
 
 def _remove_quietly(path: str) -> None:
