@@ -122,6 +122,28 @@ def test_no_commit_discards_the_changes(tmp_path: Path, bucket: Path, published:
     assert list(bucket.glob("clivol/_volume/live/*")) == []
 
 
+@pytest.mark.parametrize("how", ["--no-commit", "commit"])
+def test_a_signal_as_the_mount_appears_finishes_it(tmp_path: Path, bucket: Path,
+                                                   published: tuple[str, str], how: str):  # fmt: skip
+    """Programs may write as soon as the mount point appears, before the mount has started in
+    full: Ctrl-C then must finish the mount as usual, not abort it (it once did, status 2)."""
+    _first, second = published
+    versions = sorted(bucket.glob("clivol/_volume/versions/*"))
+    mnt = tmp_path / "early"
+    process = _start(second, str(mnt), *(["--no-commit"] if how == "--no-commit" else []))
+    deadline = time.monotonic() + 60
+    while not os.path.ismount(mnt) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    out, err = _stop(process, signal.SIGINT)
+    assert process.returncode == 0, err
+    assert not os.path.ismount(mnt) and "aborted" not in err
+    published_now = sorted(bucket.glob("clivol/_volume/versions/*"))
+    if how == "--no-commit":
+        assert out.startswith("unmounted ") and published_now == versions
+    else:
+        assert out.startswith("committed clivol: ") and len(published_now) == len(versions) + 1
+
+
 def test_no_xattrs_serves_no_extended_attributes(tmp_path: Path, published: tuple[str, str]):
     _first, second = published
     mnt = tmp_path / "plain"

@@ -117,7 +117,9 @@ def mount_cmd(version: str, mount_path: str, read_only: bool, fork_name: str | N
 
     Writable by default: the mount continues the version under its name (or as a fork with
     --fork). Ctrl-C or SIGTERM commits the changes as a new version, prints its locator and
-    unmounts (--no-commit discards them). `volume commit PATH` commits while it stays mounted.
+    unmounts (--no-commit discards them), also when it comes while the mount is still starting
+    (a second one then gives up on the mount). `volume commit PATH` commits while it stays
+    mounted.
     """
     from ..errors import VolumeMountError
     from ..mount.fuse import fuse_usable, prepare_mount_point
@@ -151,19 +153,23 @@ def mount_cmd(version: str, mount_path: str, read_only: bool, fork_name: str | N
 
     control = ControlServer(path, serve)
     try:
-        if read_only:
-            handle = base.mount(mount_path=path, transport="fuse", xattrs=not no_xattrs)
-        else:
-            rw = base.fork(fork_name) if fork_name else _continuation(base)
-            # marks its session live
-            handle = rw.mount(mount_path=path, transport="fuse", xattrs=not no_xattrs)
-        previous = {
-            s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)
-        }
-        mode = "read-only" if read_only else "read-write"
-        note(f"mounted {handle.name} at {path} ({mode}); Ctrl-C to "
-             f"{'unmount' if read_only or no_commit else 'commit and unmount'}")  # fmt: skip
+        source = base if read_only else base.fork(fork_name) if fork_name else _continuation(base)
+
+        def finish(*_: Any) -> None:
+            if stop.is_set() and handle is None:  # a second one while the mount still starts
+                raise KeyboardInterrupt
+            stop.set()
+
+        # From here Ctrl-C and SIGTERM mean "finish": programs may write as soon as the mount
+        # appears, which is before mount() returns, so a signal then must not abandon them.
+
+        previous = {s: signal.signal(s, finish) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
+            # a writable mount marks its session live
+            handle = source.mount(mount_path=path, transport="fuse", xattrs=not no_xattrs)
+            mode = "read-only" if read_only else "read-write"
+            note(f"mounted {handle.name} at {path} ({mode}); Ctrl-C to "
+                 f"{'unmount' if read_only or no_commit else 'commit and unmount'}")  # fmt: skip
             final = _serve_until_done(handle, path, stop, lock, read_only or no_commit, message)
         finally:
             for s, h in previous.items():
