@@ -103,6 +103,8 @@ def run_crash(tmp_path: Path, files: int) -> None:
         subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, check=False)
     names = manifest.read_text().splitlines()
     assert len(names) >= files // 2
+    # the block being written at the kill was an unnamed file: nothing of it is left
+    assert [p.name for p in bucket.rglob(".jfs.*")] == []
     written = time.monotonic()
     rw = Volume.new("crashed", bucket=str(bucket)).mount(meta_dir=meta, transport="none")
     try:

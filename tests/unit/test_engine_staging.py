@@ -18,6 +18,8 @@ from volume.testing import MemoryObjectStore, PipeStream
 from volume_local import LocalObjectStore, StagedFile
 from volume_sqlite import SQLiteMetaStore
 
+from tests.unit.test_local_store import unnamed_open_files
+
 BLOCK = 64 << 10
 
 
@@ -85,8 +87,9 @@ def _reopened_reads(meta: SQLiteMetaStore, objects: ObjectStore) -> bytes:
 
 
 def _leftovers(root: Path) -> list[str]:
-    """Temporary files in the bucket (a staged block that was neither sealed nor discarded)."""
-    return [p.name for p in root.rglob(".jfs.*")]
+    """Staged blocks neither sealed nor discarded: unnamed files below the bucket this process
+    holds open, and temporary files in it."""
+    return unnamed_open_files(root) + [p.name for p in root.rglob(".jfs.*")]
 
 
 def test_blocks_are_sealed_in_place_and_never_put(tmp_path: Path) -> None:

@@ -3,10 +3,14 @@ modes, URIs and error mapping of the ``file`` storage."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
+import signal
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,6 +45,16 @@ class TestLocalObjectStore(ObjectStoreTests):
     @pytest.fixture
     def store(self, root: Path) -> LocalObjectStore:
         return LocalObjectStore.from_uri(f"file://{root}")
+
+
+class TestLocalObjectStoreStagingNamedFiles(TestLocalObjectStore):
+    """The kit again, staging named temporary files (as on a file system without O_TMPFILE)."""
+
+    @pytest.fixture
+    def store(self, root: Path) -> LocalObjectStore:
+        store = LocalObjectStore.from_uri(f"file://{root}")
+        store.stages_unnamed = False
+        return store
 
 
 def temporaries(root: Path) -> list[Path]:
@@ -266,6 +280,81 @@ def test_modes_are_juicefs_modes_minus_the_umask(
     assert stat.S_IMODE(os.stat(root / "m" / "n").st_mode) == dir_mode
     assert stat.S_IMODE(os.stat(root / "m" / "n" / "o").st_mode) == file_mode
     assert stat.S_IMODE(os.stat(root / "m" / "n" / "p").st_mode) == file_mode
+
+
+# --------------------------------------------------------------------------- staging
+
+
+def unnamed_open_files(root: Path) -> list[str]:
+    """What this process holds open below ``root`` with no name (staged, unsealed objects)."""
+    targets = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            targets.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return [t for t in targets if t.startswith(f"{root}/") and t.endswith(" (deleted)")]
+
+
+def test_a_staged_object_has_no_name_until_it_is_sealed(
+    local_store: LocalObjectStore, root: Path
+) -> None:
+    previous = os.umask(0o027)
+    try:
+        staged = local_store.stage(BLOCK_KEY)
+        staged.write(0, b"staged bytes")
+        assert list((root / BLOCK_KEY).parent.iterdir()) == []
+        assert len(unnamed_open_files(root / "myvol/chunks/0/0")) == 1
+        staged.seal(BLOCK_KEY, 6)
+    finally:
+        os.umask(previous)
+    assert local_store.get(BLOCK_KEY) == b"staged"
+    assert stat.S_IMODE(os.stat(root / BLOCK_KEY).st_mode) == 0o640  # JuiceFS's 0666, umasked
+    assert [p.name for p in (root / BLOCK_KEY).parent.iterdir()] == [BLOCK_KEY.rsplit("/")[-1]]
+    assert unnamed_open_files(root) == []
+    discarded = local_store.stage("myvol/chunks/0/0/2_0_3")
+    discarded.write(0, b"abc")
+    discarded.discard()
+    assert unnamed_open_files(root) == [] and local_store.head(BLOCK_KEY).size == 6
+
+
+KILLED_WRITER = """
+import os, signal, sys
+from volume_local import LocalObjectStore
+store = LocalObjectStore(sys.argv[1])
+store.stages_unnamed = sys.argv[2] == "unnamed"
+staged = store.stage("myvol/chunks/0/0/1_0_4194304")
+staged.write(0, b"x" * (1 << 20))  # a block being written when the process dies
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("staging", ["unnamed", "named"])
+def test_a_writer_killed_mid_block(root: Path, staging: str) -> None:
+    """Killed with a block staged: an unnamed one leaves nothing in the bucket; a named
+    temporary file (on file systems without O_TMPFILE) stays, never listed as an object."""
+    done = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(root), staging])
+    assert done.returncode == -signal.SIGKILL
+    files = [p for p in root.rglob("*") if p.is_file()]
+    assert files == temporaries(root) and len(files) == (0 if staging == "unnamed" else 1)
+    assert list(LocalObjectStore(root).list()) == []
+
+
+def test_a_file_system_without_unnamed_files_stages_named_ones(
+    local_store: LocalObjectStore, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened = os.open
+
+    def no_tmpfile(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+        return opened(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", no_tmpfile)
+    staged = local_store.stage(BLOCK_KEY)
+    assert not local_store.stages_unnamed  # asked once, then remembered
+    staged.write(0, b"abc")
+    assert len(temporaries(root)) == 1
+    staged.seal(BLOCK_KEY, 3)
+    assert temporaries(root) == [] and local_store.get(BLOCK_KEY) == b"abc"
 
 
 # --------------------------------------------------------------------------- efficiency

@@ -2,7 +2,8 @@
 
 The layout is JuiceFS's ``file`` storage with ``Bucket=<root>/``: key ``k`` is the file
 ``<root>/k``, written through a temporary file ``.jfs.<basename>.tmp.<random>`` in the same
-directory, so the JuiceFS client finds our objects and we find its.
+directory, so the JuiceFS client finds our objects and we find its. Staged objects are unnamed
+files in that directory where the file system makes them.
 """
 
 from __future__ import annotations
@@ -51,16 +52,26 @@ _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
 _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 _STAGE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL  # read back when sealing fails
 _DIR_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY  # a handle to resolve, not read
+# A staged object is an unnamed file (O_TMPFILE) where the file system makes them, linked to its
+# key through /proc when sealed: a writer killed mid-block leaves nothing behind.
+_UNNAMED_FLAGS = getattr(os, "O_TMPFILE", 0) | os.O_RDWR
+# what open(O_TMPFILE) fails with where the file system (EOPNOTSUPP) or kernel (EISDIR, EINVAL)
+# makes no unnamed files: stage named temporary files instead
+_NO_UNNAMED = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL})
+# what linking one through /proc fails with where /proc will not (ENOSPC and the like are not that)
+_NO_PROC_LINK = frozenset({errno.ENOENT, errno.EXDEV, errno.EPERM, errno.EACCES, errno.ELOOP})
 
 
 class StagedFile(StagedObject):
-    """An object of :class:`LocalObjectStore` being written: a temporary file beside its key's
-    (never listed, as every temporary file), linked to the key when sealed."""
+    """An object of :class:`LocalObjectStore` being written: an unnamed file in its key's
+    directory (``tmp`` None), else a temporary file beside its key's (never listed, as every
+    temporary file); linked to the key when sealed."""
 
-    def __init__(self, store: LocalObjectStore, key: str, tmp: str, fd: int) -> None:
+    def __init__(self, store: LocalObjectStore, key: str, tmp: str | None, fd: int) -> None:
         self._store = store
         self._key = key  # the key it was staged for, to name in errors
         self._tmp = tmp
+        self._directory = os.path.dirname(store._path(key))
         self._fd: int | None = fd
         self._end = 0
 
@@ -100,7 +111,7 @@ class StagedFile(StagedObject):
         store = self._store
         fd = self._open_fd()
         path = store._path(key)
-        if os.path.dirname(path) != os.path.dirname(self._tmp):
+        if os.path.dirname(path) != self._directory:
             raise InvalidKeyError(f"key {key!r} is not in the directory its object was staged in")
         if not 0 <= length <= self._end:
             raise ValueError(f"cannot seal {length} bytes of the {self._end} staged for {key!r}")
@@ -109,15 +120,19 @@ class StagedFile(StagedObject):
                 os.ftruncate(fd, length)
             if store._fsync:
                 os.fsync(fd)
-            store._install(key, path, self._tmp, if_absent=True)
+            if self._tmp is None:
+                store._link_unnamed(key, path, fd)
+            else:
+                store._install(key, path, self._tmp, if_absent=True)
             self._fd = None
             os.close(fd)
 
     def discard(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)
+            os.close(self._fd)  # an unnamed file goes with its last descriptor
             self._fd = None
-            _remove_quietly(self._tmp)
+            if self._tmp is not None:
+                _remove_quietly(self._tmp)
 
 
 class LocalObjectStore(ObjectStore):
@@ -161,6 +176,8 @@ class LocalObjectStore(ObjectStore):
         self._real_prefix = os.path.realpath(self._root).rstrip("/") + "/"
         self._fsync = fsync
         self._durable_dirs: set[str] = set()  # directories whose entry :meth:`sync` made durable
+        #: whether :meth:`stage` makes unnamed files (until this file system turns out not to)
+        self.stages_unnamed = bool(_UNNAMED_FLAGS & ~os.O_RDWR) and _HAVE_PROC_FD
 
     @classmethod
     def from_uri(
@@ -365,29 +382,75 @@ class LocalObjectStore(ObjectStore):
             try:
                 os.link(tmp, path)
             except FileExistsError:
-                raise _with_errno(
-                    ObjectExists(f"object {key!r} already exists in {self.uri}"), errno.EEXIST
-                ) from None
+                raise self._exists(key) from None
             os.unlink(tmp)
         else:
             os.replace(tmp, path)
         if self._fsync:
             _fsync_directory(os.path.dirname(path))
 
+    def _link_unnamed(self, key: str, path: str, fd: int) -> None:
+        """Give the unnamed file open as ``fd`` the name ``path`` of ``key``, as put-if-absent
+        does (:class:`ObjectExists` when the key exists). linkat(2) follows /proc's link to the
+        open file, into the key's directory opened and checked as :meth:`_create_temp` does."""
+        directory = self._open_directory(key, path)
+        try:
+            os.link(f"{_PROC_FD}/{fd}", os.path.basename(path), dst_dir_fd=directory)
+        except FileExistsError:
+            raise self._exists(key) from None
+        except OSError as exc:
+            if exc.errno in _NO_PROC_LINK:  # stage named files from now on
+                self.stages_unnamed = False
+            raise
+        finally:
+            os.close(directory)
+        if self._fsync:
+            _fsync_directory(os.path.dirname(path))
+
+    def _exists(self, key: str) -> ObjectExists:
+        exists = ObjectExists(f"object {key!r} already exists in {self.uri}")
+        return _with_errno(exists, errno.EEXIST)
+
     def stage(self, key: str) -> "StagedFile":
-        """A temporary file beside ``key``'s, written in place and linked to its key when sealed
-        (no reader or listing sees it before)."""
+        """An unnamed file in ``key``'s directory (a temporary file beside ``key``'s where the
+        file system makes no unnamed files), written in place and linked to its key when sealed
+        (no reader or listing sees it before; once the process is gone, nothing is left of it
+        when it was unnamed)."""
         path = self._path(key)
         with self._os_errors("write", key):
+            if self.stages_unnamed:
+                directory = self._open_directory(key, path)
+                try:
+                    # the umask applies, as to JuiceFS's files
+                    fd = os.open(".", _UNNAMED_FLAGS, 0o666, dir_fd=directory)
+                    return self.staged_class(self, key, None, fd)
+                except OSError as exc:
+                    if exc.errno not in _NO_UNNAMED:
+                        raise
+                    self.stages_unnamed = False
+                finally:
+                    os.close(directory)
             tmp, fd = self._create_temp(key, path, flags=_STAGE_FLAGS)
         return self.staged_class(self, key, tmp, fd)
 
     def _create_temp(self, key: str, path: str, flags: int = _TEMP_FLAGS) -> tuple[str, int]:
-        """Create the temporary file for ``path`` (and its missing parents); ``(name, fd)``.
+        """Create the temporary file for ``path`` (and its missing parents); ``(name, fd)``."""
+        directory = self._open_directory(key, path)
+        try:
+            tmp = _temp_path_for(path)
+            # the umask applies, as to JuiceFS's files
+            fd = os.open(tmp.rpartition("/")[2], flags, 0o666, dir_fd=directory)
+        finally:
+            os.close(directory)
+        return tmp, fd
 
-        No file or directory is ever made outside the root: the parent directory is opened
-        once, checked by what that open resolved to, and the file is created in that very
-        directory (``dir_fd``), so a symbolic link swapped in between cannot redirect it."""
+    def _open_directory(self, key: str, path: str) -> int:
+        """The directory of ``path``, made with its missing parents and opened (``O_PATH``) for
+        creating files in with ``dir_fd``.
+
+        No file or directory is ever made outside the root: the directory is opened once,
+        checked by what that open resolved to, and files are created in that very directory,
+        so a symbolic link swapped in between cannot redirect them."""
         parent = os.path.dirname(path)
         try:
             directory = os.open(parent, _DIR_FLAGS)
@@ -397,12 +460,10 @@ class LocalObjectStore(ObjectStore):
             directory = os.open(parent, _DIR_FLAGS)
         try:
             self._check_inside(key, _resolved(directory, parent))
-            tmp = _temp_path_for(path)
-            # the umask applies, as to JuiceFS's files
-            fd = os.open(tmp.rpartition("/")[2], flags, 0o666, dir_fd=directory)
-        finally:
+        except BaseException:
             os.close(directory)
-        return tmp, fd
+            raise
+        return directory
 
     def _path(self, key: str) -> str:
         """The file of ``key``; :class:`InvalidKeyError` for keys this store cannot hold."""
