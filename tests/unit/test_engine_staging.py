@@ -86,10 +86,12 @@ def _reopened_reads(meta: SQLiteMetaStore, objects: ObjectStore) -> bytes:
         reopened.close()
 
 
-def _leftovers(root: Path) -> list[str]:
+def _leftovers(objects: LocalObjectStore) -> list[str]:
     """Staged blocks neither sealed nor discarded: unnamed files below the bucket this process
-    holds open, and temporary files in it."""
-    return unnamed_open_files(root) + [p.name for p in root.rglob(".jfs.*")]
+    holds open, and temporary files in it. Closes the store first, and with it the files it
+    made ahead for the next blocks (which are not staged blocks)."""
+    objects.close()
+    return unnamed_open_files(objects.root) + [p.name for p in objects.root.rglob(".jfs.*")]
 
 
 def test_blocks_are_sealed_in_place_and_never_put(tmp_path: Path) -> None:
@@ -107,7 +109,7 @@ def test_blocks_are_sealed_in_place_and_never_put(tmp_path: Path) -> None:
     assert len(objects.seals) == 6 and objects.seals[-1].endswith(f"_{len(data) - 5 * BLOCK}")
     assert engine.blocks.buffered_bytes == 0 and engine.blocks.pending_bytes == 0
     engine.close()
-    assert _leftovers(tmp_path / "bucket") == []
+    assert _leftovers(objects) == []
     assert _reopened_reads(meta, objects) == expected
     assert check_metadata(meta) == []
     meta.close()
@@ -127,7 +129,7 @@ def test_a_refused_seal_falls_back_to_the_upload(tmp_path: Path) -> None:
     assert len(block_puts) == 2 and len(objects.seals) == 2
     assert fs.read_bytes("/f") == data
     engine.close()
-    assert _leftovers(tmp_path / "bucket") == []
+    assert _leftovers(objects) == []
     assert _reopened_reads(meta, objects) == data
     meta.close()
 
@@ -158,21 +160,21 @@ def test_a_failed_staged_write_fails_the_write_and_loses_nothing_before_it(
     fs.close(fd)
     assert fs.read_bytes("/f") == head + b"tail"
     engine.close()
-    assert _leftovers(tmp_path / "bucket") == []
+    assert _leftovers(objects) == []
     assert check_metadata(meta) == []
     meta.close()
 
 
 def test_an_unlinked_file_leaves_no_staged_block(tmp_path: Path) -> None:
-    _, meta, engine = _volume(tmp_path)
+    objects, meta, engine = _volume(tmp_path)
     fs = PathFS(engine)
     fd = fs.open("/f", os.O_WRONLY | os.O_CREAT)
     fs.write(fd, os.urandom(BLOCK // 2))
-    assert len(_leftovers(tmp_path / "bucket")) == 1  # the staged tail block
+    assert len(_leftovers(objects)) == 1  # the staged tail block
     fs.unlink("/f")
     fs.close(fd)
     engine.close()
-    assert _leftovers(tmp_path / "bucket") == []
+    assert _leftovers(objects) == []
     meta.close()
 
 
@@ -190,7 +192,7 @@ def test_a_stream_moves_into_the_staged_blocks(tmp_path: Path) -> None:
     assert not [key for key in objects.puts if "/chunks/" in key]
     assert engine.blocks.buffered_bytes == 0
     engine.close()
-    assert _leftovers(tmp_path / "bucket") == []
+    assert _leftovers(objects) == []
     assert _reopened_reads(meta, objects) == data
     meta.close()
 

@@ -11,6 +11,8 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -294,9 +296,8 @@ def unnamed_open_files(root: Path) -> list[str]:
     return [t for t in targets if t.startswith(f"{root}/") and t.endswith(" (deleted)")]
 
 
-def test_a_staged_object_has_no_name_until_it_is_sealed(
-    local_store: LocalObjectStore, root: Path
-) -> None:
+def test_a_staged_object_has_no_name_until_it_is_sealed(root: Path) -> None:
+    local_store = LocalObjectStore(root, files_ahead=0)  # only the staged objects are open
     previous = os.umask(0o027)
     try:
         staged = local_store.stage(BLOCK_KEY)
@@ -319,10 +320,13 @@ def test_a_staged_object_has_no_name_until_it_is_sealed(
 KILLED_WRITER = """
 import os, signal, sys
 from volume_local import LocalObjectStore
+import time
 store = LocalObjectStore(sys.argv[1])
 store.stages_unnamed = sys.argv[2] == "unnamed"
 staged = store.stage("myvol/chunks/0/0/1_0_4194304")
 staged.write(0, b"x" * (1 << 20))  # a block being written when the process dies
+while store.stages_unnamed and store._ahead.ready() < 2:  # and files made ahead
+    time.sleep(0.01)
 os.kill(os.getpid(), signal.SIGKILL)
 """
 
@@ -336,6 +340,85 @@ def test_a_writer_killed_mid_block(root: Path, staging: str) -> None:
     files = [p for p in root.rglob("*") if p.is_file()]
     assert files == temporaries(root) and len(files) == (0 if staging == "unnamed" else 1)
     assert list(LocalObjectStore(root).list()) == []
+
+
+def _wait_ready(store: LocalObjectStore, count: int) -> None:
+    deadline = time.monotonic() + 30
+    while store._ahead.ready() != count:
+        assert time.monotonic() < deadline, f"{store._ahead.ready()} files ready, not {count}"
+        time.sleep(0.005)
+
+
+def test_the_next_blocks_take_files_made_ahead(
+    local_store: LocalObjectStore, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = local_store.stage("v/chunks/0/0/1_0_3")  # made by the caller: nothing was ready
+    _wait_ready(local_store, 2)
+    made_here = []
+    opened = os.open
+
+    def recording(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if threading.current_thread() is threading.main_thread():
+            made_here.append(path)
+        return opened(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", recording)
+    second = local_store.stage("v/chunks/0/0/2_0_3")
+    monkeypatch.undo()
+    assert made_here == []  # taken, not made
+    for n, staged in enumerate((first, second), 1):
+        staged.write(0, f"#{n}!".encode())
+        staged.seal(f"v/chunks/0/0/{n}_0_3", 3)
+    assert [local_store.get(f"v/chunks/0/0/{n}_0_3") for n in (1, 2)] == [b"#1!", b"#2!"]
+    _wait_ready(local_store, 2)
+    other = local_store.stage("v/chunks/0/1/1000_0_3")  # another directory: made there now
+    other.discard()
+    _wait_ready(local_store, 2)
+    assert [Path(t).parent.name for t in unnamed_open_files(root)] == ["1", "1"]
+    local_store.close()
+    assert unnamed_open_files(root) == []
+    assert [info.key for info in local_store.list("v/")] == ["v/chunks/0/0/1_0_3",
+                                                             "v/chunks/0/0/2_0_3"]  # fmt: skip
+
+
+def test_files_made_ahead_are_closed_when_idle(root: Path) -> None:
+    store = LocalObjectStore(root)
+    store._ahead.idle_seconds = 0.3
+    store.stage(BLOCK_KEY).discard()
+    _wait_ready(store, 2)
+    _wait_ready(store, 0)  # closed after 0.3 s without a stage
+    assert unnamed_open_files(root) == []
+    staged = store.stage(BLOCK_KEY)  # and made again for the next stages
+    _wait_ready(store, 2)
+    staged.discard()
+    store.close()
+
+
+FORKED = """
+import os, sys, time
+from volume_local import LocalObjectStore
+store = LocalObjectStore(sys.argv[1])
+store.stage("v/chunks/0/0/1_0_6").discard()
+while store._ahead.ready() < 2:
+    time.sleep(0.01)
+pid = os.fork()  # the child must not use the parent's files made ahead: they are one inode
+who = b"child " if pid == 0 else b"parent"
+staged = store.stage(f"v/chunks/0/0/{2 if pid == 0 else 3}_0_6")
+time.sleep(0.2)  # both hold their staged file
+staged.write(0, who)
+staged.seal(f"v/chunks/0/0/{2 if pid == 0 else 3}_0_6", 6)
+if pid == 0:
+    os._exit(0)
+assert os.waitpid(pid, 0)[1] == 0
+print(store.get("v/chunks/0/0/2_0_6").decode(), store.get("v/chunks/0/0/3_0_6").decode())
+"""
+
+
+def test_a_forked_child_makes_its_own_files(root: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", FORKED, str(root)], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["child", "parent"]
 
 
 def test_a_file_system_without_unnamed_files_stages_named_ones(

@@ -36,6 +36,8 @@ from volume.stores import (
     StagedObject,
 )
 
+from ._ahead import COUNT, FilesAhead
+
 # Temporary files (ours and a JuiceFS client's) are not objects: list() skips them and no key may
 # take such a name.
 _TEMP_NAME = re.compile(r"\.jfs\..*\.tmp\.\d+", re.DOTALL)
@@ -151,11 +153,15 @@ class LocalObjectStore(ObjectStore):
     #: what :meth:`stage` returns (a subclass may wrap the staged files' calls)
     staged_class: type[StagedFile] = StagedFile
 
-    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = False) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], *, fsync: bool = False, files_ahead: int = COUNT
+    ) -> None:
         """Use the directory ``root`` (made absolute, created when missing).
 
         ``fsync``: flush each object, and the directory entry naming it, to stable storage before
         ``put`` returns (slower; without it a machine crash may lose recent puts, never tear one).
+        ``files_ahead``: unnamed files a background thread keeps ready in the directory of the
+        last staged object, for the next ones (0: each is made when staged).
         """
         self._root = os.path.abspath(os.fspath(root))
         try:
@@ -178,6 +184,7 @@ class LocalObjectStore(ObjectStore):
         self._durable_dirs: set[str] = set()  # directories whose entry :meth:`sync` made durable
         #: whether :meth:`stage` makes unnamed files (until this file system turns out not to)
         self.stages_unnamed = bool(_UNNAMED_FLAGS & ~os.O_RDWR) and _HAVE_PROC_FD
+        self._ahead = FilesAhead(self._make_unnamed, files_ahead)
 
     @classmethod
     def from_uri(
@@ -350,6 +357,10 @@ class LocalObjectStore(ObjectStore):
         source = os.fspath(path)
         return self._publish(key, lambda tmp, fd: shutil.copyfile(source, tmp), if_absent=if_absent)
 
+    def close(self) -> None:
+        """Close the files made ahead for staging (staged objects stay usable)."""
+        self._ahead.close()
+
     # ------------------------------------------------------------------ internals
 
     def _publish(
@@ -419,19 +430,26 @@ class LocalObjectStore(ObjectStore):
         path = self._path(key)
         with self._os_errors("write", key):
             if self.stages_unnamed:
-                directory = self._open_directory(key, path)
                 try:
-                    # the umask applies, as to JuiceFS's files
-                    fd = os.open(".", _UNNAMED_FLAGS, 0o666, dir_fd=directory)
-                    return self.staged_class(self, key, None, fd)
+                    fd = self._ahead.take(key, path)
+                    if fd is None:
+                        fd = self._make_unnamed(key, path)
                 except OSError as exc:
                     if exc.errno not in _NO_UNNAMED:
                         raise
                     self.stages_unnamed = False
-                finally:
-                    os.close(directory)
+                else:
+                    return self.staged_class(self, key, None, fd)
             tmp, fd = self._create_temp(key, path, flags=_STAGE_FLAGS)
         return self.staged_class(self, key, tmp, fd)
+
+    def _make_unnamed(self, key: str, path: str) -> int:
+        """An unnamed file open for reading and writing in the directory of ``path``."""
+        directory = self._open_directory(key, path)
+        try:
+            return os.open(".", _UNNAMED_FLAGS, 0o666, dir_fd=directory)  # umasked, as JuiceFS's
+        finally:
+            os.close(directory)
 
     def _create_temp(self, key: str, path: str, flags: int = _TEMP_FLAGS) -> tuple[str, int]:
         """Create the temporary file for ``path`` (and its missing parents); ``(name, fd)``."""
