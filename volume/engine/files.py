@@ -226,11 +226,10 @@ class FileOps:
                 w = oi.writer = FileWriter(length=oi.length)
             if h.flags & os.O_APPEND:
                 offset = w.length
-            done = 0
-            while done < len(view):
-                pos = (offset + done) % CHUNK_SIZE
-                indx = (offset + done) // CHUNK_SIZE
-                n = min(len(view) - done, CHUNK_SIZE - pos)
+            total, done = len(view), 0
+            while done < total:
+                indx, pos = divmod(offset + done, CHUNK_SIZE)
+                n = min(total - done, CHUNK_SIZE - pos)
                 sw = w.slices.get(indx)
                 if sw is None or not sw.accepts(pos):
                     if sw is not None:
@@ -238,17 +237,17 @@ class FileOps:
                     sw = w.slices[indx] = SliceWriter(
                         self.blocks, self._alloc("slice"), pos, oi.ino
                     )
-                sw.write(pos, view[done : done + n])
+                sw.write(pos, view if n == total else view[done : done + n])
                 if sw.end == CHUNK_SIZE:  # a full chunk: nothing more can join this slice
                     del w.slices[indx]
                     self._record_slices(oi, {indx: sw.finish()})
                 done += n
-            w.length = max(w.length, offset + len(view))
+            w.length = max(w.length, offset + total)
             w.mtime_ns = time.time_ns()
             w.dirty = True
             if h.caller is not None:
                 w.kill_suid_for = h.caller
-        return len(view)
+        return total
 
     def _record_slices(self, oi: OpenInode, records: dict[int, SliceRecord]) -> None:
         """Append finished slices' records (and the length they imply) to the metadata.

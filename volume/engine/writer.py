@@ -53,21 +53,22 @@ class SliceWriter:
     def write(self, pos: int, data: bytes | memoryview | ByteStream) -> None:
         """Write ``data`` at chunk position ``pos`` (``accepts(pos)`` must hold)."""
         bs = self.blocks.block_bytes
-        view = data if isinstance(data, ByteStream) else memoryview(data)
+        streamed = isinstance(data, ByteStream)  # (its parts are streams too)
+        view = data if streamed else memoryview(data)
         rel = pos - self.pos - self.frozen
-        done = 0
-        while done < len(view):
+        total, done = len(view), 0
+        while done < total:
             if self.buf is None:
-                big = len(view) - done >= PREALLOCATE_FROM
+                big = total - done >= PREALLOCATE_FROM
                 self.buf = self.blocks.new_block(self.id, self.frozen // bs, big=big)
-            n = min(len(view) - done, bs - rel)
-            buf, piece = self.buf, view[done : done + n]
+            n = min(total - done, bs - rel)
+            buf, piece = self.buf, view if n == total else view[done : done + n]
             if isinstance(buf, bytearray):
                 held = len(buf)
-                buf[rel : rel + n] = piece.read() if isinstance(piece, ByteStream) else piece
+                buf[rel : rel + n] = piece.read() if streamed else piece
                 if len(buf) != held:
                     self.blocks.buffered(len(buf) - held)
-            elif isinstance(piece, ByteStream):
+            elif streamed:
                 buf.write_stream(rel, piece)
             else:
                 buf.write(rel, piece)

@@ -173,7 +173,8 @@ class LibfuseSession(mfusepy.FUSE if mfusepy is not None else object):  # type: 
                 else b""
             )
         else:
-            data = RequestStream(bufv, libfuse().fuse_buf_size(bufv))
+            size = first.size if bufv.count == 1 else libfuse().fuse_buf_size(bufv)
+            data = RequestStream(bufv, size)
         return self.operations.write(self._str(path), data, offset, fip.contents.fh)
 
     def readdir_fuse_3(

@@ -93,16 +93,24 @@ class StagedFile(StagedObject):
         """Write ``data`` at ``offset`` (no copy in the interpreter: ``pwrite(2)``)."""
         fd = self._fd_to_write_at(offset)
         view = memoryview(data).cast("B")
-        with self._store._os_errors("write", self._key):
+        try:
             _write_all(fd, view, offset)
+        except VolumeError:
+            raise
+        except OSError as exc:  # (inline: a write request pays for every context manager)
+            raise self._store._failed("write", self._key, exc) from exc
         self._end = max(self._end, offset + len(view))
 
     def write_stream(self, offset: int, data: ByteStream) -> None:
         """Write a stream's bytes at ``offset`` (straight from a pipe into the file, when the
         stream is one: ``splice(2)``)."""
         fd = self._fd_to_write_at(offset)
-        with self._store._os_errors("write", self._key):
+        try:
             data.write_into(fd, offset)
+        except VolumeError:
+            raise
+        except OSError as exc:
+            raise self._store._failed("write", self._key, exc) from exc
         self._end = max(self._end, offset + len(data))
 
     def read(self, length: int) -> bytes:
