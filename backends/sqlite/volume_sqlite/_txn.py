@@ -39,15 +39,19 @@ BEGIN_WRITE = "BEGIN IMMEDIATE"  # take the write lock up front: no upgrade dead
 COMMIT = "COMMIT"
 ROLLBACK = "ROLLBACK"
 
-# The order of these columns is the order _attr_from_row reads them in. Nullable columns read
-# NULL as 0 (JuiceFS writes 0 itself; NULL appears only in rows written by other tools).
-_NODE_COLUMNS = (
-    "type, mode, uid, gid, atime, atimensec, mtime, mtimensec, ctime, ctimensec, nlink, length, "
-    "IFNULL(rdev, 0), IFNULL(parent, 0), flags, IFNULL(access_acl_id, 0), "
-    "IFNULL(default_acl_id, 0), IFNULL(tier_id, 0)"
+# Attr's fields, in its order, from a jfs_node row (``{n}``: the table's alias and a dot, or
+# nothing). Times are whole nanoseconds, from JuiceFS's microseconds and the nanoseconds past
+# them, computed by SQLite: a listing of 100,000 entries builds no Python integers for the parts.
+# Nullable columns read NULL as 0 (JuiceFS writes 0 itself; NULL appears only in rows written by
+# other tools).
+_ATTR_COLUMNS = (
+    "{n}type, {n}mode, {n}uid, {n}gid, {n}atime * 1000 + {n}atimensec, "
+    "{n}mtime * 1000 + {n}mtimensec, {n}ctime * 1000 + {n}ctimensec, {n}nlink, {n}length, "
+    "IFNULL({n}rdev, 0), IFNULL({n}parent, 0), {n}flags, IFNULL({n}access_acl_id, 0), "
+    "IFNULL({n}default_acl_id, 0), IFNULL({n}tier_id, 0)"
 )
-GET_ATTR = f"SELECT {_NODE_COLUMNS} FROM jfs_node WHERE inode = ?"
-ITER_ATTRS = f"SELECT {_NODE_COLUMNS}, inode FROM jfs_node ORDER BY inode"
+GET_ATTR = f"SELECT {_ATTR_COLUMNS.format(n='')} FROM jfs_node WHERE inode = ?"
+ITER_ATTRS = f"SELECT inode, {_ATTR_COLUMNS.format(n='')} FROM jfs_node ORDER BY inode"
 SET_ATTR = (
     "INSERT OR REPLACE INTO jfs_node (inode, type, mode, uid, gid, atime, atimensec, mtime, "
     "mtimensec, ctime, ctimensec, nlink, length, rdev, parent, flags, access_acl_id, "
@@ -129,11 +133,10 @@ UPDATE_DIR_STATS = (
 DELETE_DIR_STATS = "DELETE FROM jfs_dir_stats WHERE inode = ?"
 # a directory's entries with their inodes' rows (NULLs when one has none), in one statement
 LIST_ENTRIES_ATTRS = (
-    "SELECT CAST(e.name AS BLOB), e.inode, e.type, n.inode IS NOT NULL, "
-    + ", ".join(f"n.{c}" if c[0].isalpha() and "(" not in c else c.replace("(", "(n.", 1)
-                for c in _NODE_COLUMNS.split(", "))
-    + " FROM jfs_edge e LEFT JOIN jfs_node n ON n.inode = e.inode WHERE e.parent = ? "
-)  # fmt: skip
+    f"SELECT CAST(e.name AS BLOB), e.inode, e.type, n.inode IS NOT NULL, "
+    f"{_ATTR_COLUMNS.format(n='n.')} "
+    f"FROM jfs_edge e LEFT JOIN jfs_node n ON n.inode = e.inode WHERE e.parent = ? "
+)
 LIST_ENTRIES_ATTRS_FIRST = LIST_ENTRIES_ATTRS + "ORDER BY e.name LIMIT ?"
 LIST_ENTRIES_ATTRS_AFTER = LIST_ENTRIES_ATTRS + "AND e.name > ? ORDER BY e.name LIMIT ?"
 ANY_XATTR = "SELECT 1 FROM jfs_xattr LIMIT 1"
@@ -149,12 +152,8 @@ _MODE_BITS = 0o7777
 
 
 def _attr_from_row(row: Sequence[Any]) -> Attr:
-    """The Attr of a row selected with ``_NODE_COLUMNS`` (extra trailing columns are ignored)."""
-    return Attr(
-        row[0], row[1], row[2], row[3],
-        row[4] * 1000 + row[5], row[6] * 1000 + row[7], row[8] * 1000 + row[9],
-        row[10], row[11], row[12], row[13], row[14], row[15], row[16], row[17],
-    )  # fmt: skip
+    """The Attr of a row of exactly ``_ATTR_COLUMNS``."""
+    return Attr(*row)
 
 
 def _row_from_attr(inode: int, attr: Attr) -> tuple[int, ...]:
@@ -303,7 +302,7 @@ class SQLiteTxn(MetaTxn):
         self._cur.execute(DELETE_ATTR, (inode,))
 
     def iter_attrs(self) -> Iterator[tuple[int, Attr]]:
-        return ((row[18], _attr_from_row(row)) for row in self._scan(ITER_ATTRS))
+        return ((row[0], Attr(*row[1:])) for row in self._scan(ITER_ATTRS))
 
     # ---- directory entries
     def lookup(self, parent: int, name: bytes) -> tuple[int, int] | None:
@@ -335,7 +334,7 @@ class SQLiteTxn(MetaTxn):
             else self._cur.execute(LIST_ENTRIES_ATTRS_AFTER, (parent, after, sql_limit))
         )
         return [
-            (row[0], row[1], row[2], _attr_from_row(row[4:]) if row[3] else None) for row in rows
+            (row[0], row[1], row[2], Attr(*row[4:]) if row[3] else None) for row in rows
         ]
 
     def any_xattrs(self) -> bool:
