@@ -20,6 +20,9 @@ def _store(tmp_path: Path) -> SQLiteMetaStore:
             if i != 7:  # an entry without an attributes row
                 tx.set_attr(ino, Attr(type=TYPE_FILE, mode=0o644, length=i, parent=ROOT_INODE))
             tx.add_entry(ROOT_INODE, b"f%02d" % (49 - i), ino, TYPE_FILE)
+        # times before 1970 and far ahead, which SQLite turns into nanoseconds for the listing
+        tx.set_attr(101, Attr(type=TYPE_FILE, mode=0o600, atime_ns=-1, mtime_ns=-1_500,
+                              ctime_ns=4_102_444_800_123_456_789, length=1, parent=ROOT_INODE))
         tx.set_xattr(103, "user.a", b"1")
         tx.set_xattr(103, "user.b", b"2")
         tx.set_xattr(140, "user.a", b"")
@@ -33,6 +36,7 @@ def test_paged_listing_with_attributes_matches_the_generic_one(tmp_path: Path) -
         assert [n for n, *_ in whole] == sorted(b"f%02d" % i for i in range(50))
         assert [a is None for n, i, t, a in whole].count(True) == 1
         assert whole == MetaTxn.list_entries_attrs(tx, ROOT_INODE)
+        assert whole[48][3] == tx.get_attr(101) and whole[48][3].mtime_ns == -1_500
         pages, after = [], None
         while True:
             page = tx.list_entries_attrs(ROOT_INODE, after=after, limit=7)

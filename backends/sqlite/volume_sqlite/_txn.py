@@ -131,10 +131,10 @@ UPDATE_DIR_STATS = (
     "used_inodes = used_inodes + excluded.used_inodes"
 )
 DELETE_DIR_STATS = "DELETE FROM jfs_dir_stats WHERE inode = ?"
-# a directory's entries with their inodes' rows (NULLs when one has none), in one statement
+# a directory's entries with their inodes' rows (NULLs when one has none: its type is never NULL
+# otherwise), in one statement
 LIST_ENTRIES_ATTRS = (
-    f"SELECT CAST(e.name AS BLOB), e.inode, e.type, n.inode IS NOT NULL, "
-    f"{_ATTR_COLUMNS.format(n='n.')} "
+    f"SELECT CAST(e.name AS BLOB), e.inode, e.type, {_ATTR_COLUMNS.format(n='n.')} "
     f"FROM jfs_edge e LEFT JOIN jfs_node n ON n.inode = e.inode WHERE e.parent = ? "
 )
 LIST_ENTRIES_ATTRS_FIRST = LIST_ENTRIES_ATTRS + "ORDER BY e.name LIMIT ?"
@@ -334,7 +334,7 @@ class SQLiteTxn(MetaTxn):
             else self._cur.execute(LIST_ENTRIES_ATTRS_AFTER, (parent, after, sql_limit))
         )
         return [
-            (row[0], row[1], row[2], Attr(*row[4:]) if row[3] else None) for row in rows
+            (row[0], row[1], row[2], None if row[3] is None else Attr(*row[3:])) for row in rows
         ]
 
     def any_xattrs(self) -> bool:
