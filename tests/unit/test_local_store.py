@@ -394,6 +394,30 @@ def test_files_made_ahead_are_closed_when_idle(root: Path) -> None:
     store.close()
 
 
+def test_a_file_that_cannot_be_made_ahead_is_made_when_staged(root: Path) -> None:
+    store = LocalObjectStore(root)
+    attempts = []
+
+    def failing(key: str, path: str) -> int:
+        attempts.append(key)
+        raise RuntimeError("the disk is gone")
+
+    store._ahead._make = failing  # the thread's maker fails; the writer's own one works
+    for n in (1, 2, 3):
+        staged = store.stage(f"v/chunks/0/0/{n}_0_1")
+        staged.write(0, b"x")
+        staged.seal(f"v/chunks/0/0/{n}_0_1", 1)
+    assert [store.get(f"v/chunks/0/0/{n}_0_1") for n in (1, 2, 3)] == [b"x"] * 3
+    deadline = time.monotonic() + 30
+    while not attempts:
+        assert time.monotonic() < deadline, "the thread never tried"
+        time.sleep(0.005)
+    store.stage("v/chunks/0/0/4_0_1").discard()
+    time.sleep(0.05)
+    assert store._ahead.ready() == 0 and len(attempts) == 1  # tried once for the directory
+    store.close()
+
+
 FORKED = """
 import os, sys, time
 from volume_local import LocalObjectStore

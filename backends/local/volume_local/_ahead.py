@@ -19,7 +19,6 @@ import weakref
 from collections import deque
 from typing import Callable
 
-from volume.errors import VolumeError
 
 #: files kept ready
 COUNT = 2
@@ -117,7 +116,7 @@ class FilesAhead:
                 directory, key, path = self._directory, self._key, self._path
             try:
                 fd = self._make(key, path)
-            except (OSError, VolumeError):
+            except Exception:  # noqa: BLE001 - stage makes its file itself and meets the error
                 with cond:
                     if directory == self._directory:
                         self._failed = True
