@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 from volume_local import StagedFile
 
-from volume.mount.operations import MAX_IO, request_bytes
 from volume.mount.fuse import _mount_at
-from volume.mount.operations import EngineOperations
+from volume.mount.operations import MAX_IO, EngineOperations, request_bytes
 from volume.mount.session import RequestStream
 
 from .conftest import MountedVolume

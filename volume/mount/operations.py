@@ -795,9 +795,7 @@ class EngineOperations:
         """``data`` is valid during the call only (the engine copies it): a view of the request,
         or the request's bytes left in a pipe (see :meth:`write_buf`)."""
         written = self.engine.write(fh, offset, data)
-        others = self._other_names(self._handle_inodes.get(fh), path)
-        if others:
-            self._invalidate(others)
+        self._invalidate(self._other_names(self._handle_inodes.get(fh), path))
         return written
 
     #: Present, it has mfusepy register libfuse's ``write_buf``, which makes libfuse splice big

@@ -73,7 +73,6 @@ class StagedFile(StagedObject):
         self._store = store
         self._key = key  # the key it was staged for, to name in errors
         self._tmp = tmp
-        self._directory = os.path.dirname(store._path(key))
         self._fd: int | None = fd
         self._end = 0
 
@@ -82,36 +81,30 @@ class StagedFile(StagedObject):
             raise ValueError(f"the object staged for {self._key!r} was sealed or discarded")
         return self._fd
 
-    def _fd_to_write_at(self, offset: int) -> int:
-        """The open file, for a write at ``offset`` (which must leave no gap)."""
-        fd = self._open_fd()
-        if not 0 <= offset <= self._end:
-            raise ValueError(f"staged write at {offset} leaves a gap after byte {self._end}")
-        return fd
-
     def write(self, offset: int, data: bytes | memoryview) -> None:
         """Write ``data`` at ``offset`` (no copy in the interpreter: ``pwrite(2)``)."""
-        fd = self._fd_to_write_at(offset)
         view = memoryview(data).cast("B")
-        try:
-            _write_all(fd, view, offset)
-        except VolumeError:
-            raise
-        except OSError as exc:  # (inline: a write request pays for every context manager)
-            raise self._store._failed("write", self._key, exc) from exc
-        self._end = max(self._end, offset + len(view))
+        self._write_at(offset, len(view), lambda fd: _write_all(fd, view, offset))
 
     def write_stream(self, offset: int, data: ByteStream) -> None:
         """Write a stream's bytes at ``offset`` (straight from a pipe into the file, when the
         stream is one: ``splice(2)``)."""
-        fd = self._fd_to_write_at(offset)
+        self._write_at(offset, len(data), lambda fd: data.write_into(fd, offset))
+
+    def _write_at(self, offset: int, length: int, put: Callable[[int], object]) -> None:
+        """``put(fd)`` the ``length`` bytes of a write at ``offset`` (which must leave no gap).
+        OS errors are turned into store errors here, not by ``_os_errors``: a write request
+        pays for every context manager it enters."""
+        fd = self._open_fd()
+        if not 0 <= offset <= self._end:
+            raise ValueError(f"staged write at {offset} leaves a gap after byte {self._end}")
         try:
-            data.write_into(fd, offset)
+            put(fd)
         except VolumeError:
             raise
         except OSError as exc:
             raise self._store._failed("write", self._key, exc) from exc
-        self._end = max(self._end, offset + len(data))
+        self._end = max(self._end, offset + length)
 
     def read(self, length: int) -> bytes:
         with self._store._os_errors("read", self._key):
@@ -121,7 +114,7 @@ class StagedFile(StagedObject):
         store = self._store
         fd = self._open_fd()
         path = store._path(key)
-        if os.path.dirname(path) != self._directory:
+        if key.rpartition("/")[0] != self._key.rpartition("/")[0]:  # (path = root + key)
             raise InvalidKeyError(f"key {key!r} is not in the directory its object was staged in")
         if not 0 <= length <= self._end:
             raise ValueError(f"cannot seal {length} bytes of the {self._end} staged for {key!r}")
