@@ -222,6 +222,13 @@ class ObjectStore(ABC):
         buffer[: len(data)] = data
         return len(data)
 
+    def open_file(self, key: str) -> tuple[int, int] | None:
+        """``(fd, size)``: a descriptor open for reading on the file that holds the object, for
+        a store that keeps objects as files (the caller closes it); None (the default) for a
+        store without files. The engine's FUSE reads hand such files' ranges to the kernel,
+        which moves their pages without a copy through the interpreter (``splice(2)``)."""
+        return None
+
     def stage(self, key: str) -> StagedObject:
         """Start a new object to be sealed as ``key`` or another key of its directory; stores with
         the ``staging`` capability implement it (the default refuses)."""

@@ -302,6 +302,7 @@ class NullOperations(EngineOperations):
     # mfusepy's plain write, as any do-nothing mfusepy server: libfuse reads each request into
     # its buffer (a server that registers write_buf gets big ones spliced into a pipe)
     write_buf = None
+    read_buf = None  # (likewise its plain read: zeros copied into libfuse's buffer)
 
     def truncate(self, path: str | None, length: int, fh: int | None = None) -> None:
         self._node(path)[1] = length

@@ -1,9 +1,8 @@
 """Big writes through the kernel reach the blocks by splice: libfuse leaves a write request's data
 in a pipe and the engine moves it into the staged block without reading it. Checked on a real
 mount: which path the bytes took, that they land intact from any offset and from several
-writers at once, that a write failing part way fails with its errno while the mount goes on
-(libfuse then empties the pipe the request's unread bytes were in), and that sequential reads,
-which the kernel caps at the same request size, still come as whole requests."""
+writers at once, and that a write failing part way fails with its errno while the mount goes on
+(libfuse then empties the pipe the request's unread bytes were in). Reads: test_fuse_read_splice."""
 
 from __future__ import annotations
 
@@ -17,8 +16,7 @@ from pathlib import Path
 import pytest
 from volume_local import StagedFile
 
-from volume.mount.fuse import _mount_at
-from volume.mount.operations import MAX_IO, EngineOperations, request_bytes
+from volume.mount.operations import MAX_IO, request_bytes
 from volume.mount.session import RequestStream
 
 from .conftest import MountedVolume
@@ -166,32 +164,3 @@ def test_a_store_that_does_not_stage_gets_the_bytes_read_from_the_pipe(
     assert (mounted / "f").read_bytes() == data
     volume.restart()
     assert (mounted / "f").read_bytes() == data
-
-
-def test_sequential_reads_come_as_whole_requests(
-    volume: MountedVolume, mounted: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    size = request_bytes()
-    data = os.urandom(12 * MiB)
-    (mounted / "f").write_bytes(data)
-    if os.geteuid() == 0:  # only root may set a mount's readahead
-        bdi = _mount_at(mounted)[1]
-        assert Path(f"/sys/class/bdi/{bdi}/read_ahead_kb").read_text().strip() == str(size >> 10)
-    asked: list[int] = []
-    original = EngineOperations.read_into
-
-    def counted(self, path, into, offset, fh):
-        asked.append(len(into))
-        return original(self, path, into, offset, fh)
-
-    monkeypatch.setattr(EngineOperations, "read_into", counted)
-    fd = os.open(mounted / "f", os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # none of its pages cached
-        got = b"".join(iter(lambda: os.read(fd, MiB), b""))
-    finally:
-        os.close(fd)
-    assert got == data
-    assert max(asked) == size
-    # all but the first few (readahead ramps up) and the last are whole: none a sliver
-    assert sum(n == size for n in asked) >= len(data) // size - 3, asked

@@ -197,7 +197,8 @@ def test_reading_into_a_buffer_gives_what_read_returns(tmp_path: Path, kind: str
     """``read_into`` (the FUSE layer's read) against ``read`` over holes, a short tail, blocks
     still pending, stored blocks and a chunk boundary, on a store that reads into the buffer
     itself (local) and one that uses the default copy (memory); nothing past the answer is
-    touched."""
+    touched. ``read_spans`` (the FUSE layer's read of block files) gives the same bytes where
+    they all lie in files (stored blocks of the local store), and None elsewhere."""
     import random
 
     from volume.juicefs import CHUNK_SIZE
@@ -224,6 +225,7 @@ def test_reading_into_a_buffer_gives_what_read_returns(tmp_path: Path, kind: str
     for off in written:
         fs.write(fd, rng.randbytes(2 * BLOCK if off < size - 300 else 300), off)
     fh = fs._file(fd).fh
+    in_files: list[int] = []  # the parts of the reads answered with file ranges
     for step in range(60):
         if step == 30 and kind == "local":
             assert engine.blocks.stats.cache_hits > 0  # pending
@@ -237,6 +239,17 @@ def test_reading_into_a_buffer_gives_what_read_returns(tmp_path: Path, kind: str
         assert n == len(expected)
         assert buffer[:n] == expected
         assert buffer[n:] == b"\xee" * (room + 5 - n)
+        spans = engine.read_spans(fh, offset, room)
+        if spans == []:
+            assert expected == b""  # past the end
+        elif spans is not None:
+            try:
+                assert b"".join(os.pread(f, n, at) for f, at, n in spans) == expected
+            finally:
+                for f, _, _ in spans:
+                    os.close(f)
+            in_files.append(len(spans))
+    assert (max(in_files, default=0) >= 2) if kind == "local" else in_files == []
     if kind == "local":
         objects.gate.set()
     fs.close(fd)
@@ -280,3 +293,31 @@ def test_a_sequential_reader_has_the_next_blocks_read_ahead_once(tmp_path: Path)
     fs.close(fd)
     engine.close()
     meta.close()
+
+
+def test_a_short_block_file_fails_its_spans_with_eio_and_leaves_no_descriptor(
+    tmp_path: Path,
+) -> None:
+    import errno
+
+    objects = LocalObjectStore(tmp_path / "bucket")
+    blocks = BlockStore(objects, "vol", BLOCK)
+    for indx in range(3):
+        objects.put(blocks.key(5, indx, BLOCK), bytes([indx]) * BLOCK)
+    spans = blocks.file_spans(5, 3 * BLOCK, BLOCK - 10, 20)
+    assert spans is not None and [(at, n) for _, at, n in spans] == [(BLOCK - 10, 10), (0, 10)]
+    assert b"".join(os.pread(fd, n, at) for fd, at, n in spans) == b"\0" * 10 + b"\1" * 10
+    for fd, _, _ in spans:
+        os.close(fd)
+    before = len(os.listdir("/proc/self/fd"))
+    with open(objects.root / blocks.key(5, 2, BLOCK), "r+b") as f:
+        f.truncate(BLOCK - 1)  # damaged behind the store's back
+    with pytest.raises(OSError) as caught:
+        blocks.file_spans(5, 3 * BLOCK, 0, 3 * BLOCK)
+    assert caught.value.errno == errno.EIO and "expected" in str(caught.value)
+    objects.delete(blocks.key(5, 1, BLOCK))
+    with pytest.raises(OSError) as caught:
+        blocks.file_spans(5, 3 * BLOCK, 0, 3 * BLOCK)
+    assert caught.value.errno == errno.EIO and "missing" in str(caught.value)
+    assert len(os.listdir("/proc/self/fd")) == before  # the files opened first were closed
+    blocks.close()

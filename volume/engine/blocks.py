@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -473,6 +474,49 @@ class BlockStore:
             n = min(self._bsize(size, indx) - start, length - pos)
             self._block_part(slice_id, size, indx, start, n, inode, into[pos : pos + n])
             pos += n
+
+    def file_spans(
+        self, slice_id: int, size: int, off: int, length: int, *, inode: int = 0
+    ) -> list[tuple[int, int, int]] | None:
+        """Where bytes [off, off+length) of slice ``slice_id`` lie in the store's files:
+        ``(fd, position, n)`` per block, each ``fd`` open for the caller to read and close.
+        None when a block is not in a file: still in memory, or the store keeps no files.
+        Raises ``OSError(EIO)`` for a missing or short block, as :meth:`read`."""
+        if not self._direct:
+            return None
+        bs = self.block_bytes
+        spans: list[tuple[int, int, int]] = []
+        done = False
+        try:
+            pos = 0
+            for indx in range(off // bs, (off + length - 1) // bs + 1):
+                bsize = self._bsize(size, indx)
+                key = self.key(slice_id, indx, bsize)
+                if key in self._pending:
+                    return None
+                try:
+                    opened = self.objects.open_file(key)
+                except ObjectNotFound as exc:
+                    log.error("inode %d: block %s is missing", inode, key)
+                    raise OSError(errno.EIO, f"block {key} of inode {inode} is missing") from exc
+                if opened is None:
+                    return None
+                fd, actual = opened
+                start = max(off - indx * bs, 0)
+                n = min(bsize - start, length - pos)
+                spans.append((fd, start, n))
+                if actual != bsize:
+                    log.error("inode %d: block %s has %d bytes, not %d", inode, key, actual, bsize)
+                    raise OSError(errno.EIO, f"block {key} has {actual} bytes, expected {bsize}")
+                pos += n
+            done = True
+        finally:
+            if not done:
+                for fd, _, _ in spans:
+                    os.close(fd)
+        self.stats.fetches += len(spans)
+        self.stats.fetch_bytes += length
+        return spans
 
     def read(self, slice_id: int, size: int, off: int, length: int, *, inode: int = 0) -> bytes:
         """Bytes [off, off+length) of slice ``slice_id`` (whose object size is ``size``).

@@ -366,6 +366,31 @@ class FileOps:
         self._read_parts(ino, parts, into[:n])
         return n
 
+    def read_spans(self, fh: int, offset: int, size: int) -> list[tuple[int, int, int]] | None:
+        """As :meth:`read`, but where the bytes lie instead of the bytes: ``(fd, position,
+        length)`` per part, in order, each ``fd`` open on a block's file for the caller to read
+        (e.g. ``splice(2)``) and close; ``[]`` past the end of the file. None when a part is not
+        in a file (a hole, a block in memory, a store without files): :meth:`read_into` then."""
+        ino, parts = self._read_pieces(fh, offset, size)
+        spans: list[tuple[int, int, int]] = []
+        try:
+            for length, piece in parts:
+                found = None
+                if piece is not None and piece.id:
+                    found = self.blocks.file_spans(
+                        piece.id, piece.size, piece.off, length, inode=ino
+                    )
+                if found is None:
+                    break
+                spans += found
+            else:
+                return spans
+        except BaseException:
+            _close_all(spans)
+            raise
+        _close_all(spans)
+        return None
+
     def _read_parts(self, ino: int, parts: list[tuple[int, Piece | None]], out: memoryview) -> None:
         pos = 0
         for length, piece in parts:
@@ -541,3 +566,8 @@ class FileOps:
                 oi.chunk_maps.pop(indx, None)
         log.debug("inode %d chunk %d: %d records -> %d", ino, indx, len(records), len(replacement))
         return True
+
+
+def _close_all(spans: list[tuple[int, int, int]]) -> None:
+    for fd, _, _ in spans:
+        os.close(fd)

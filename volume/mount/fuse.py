@@ -30,7 +30,7 @@ from typing import Any
 from ..engine import Engine
 from ..errors import VolumeMountError, VolumeMountTimeout
 from ._libfuse import LIBFUSE_PROBLEM
-from .operations import EngineOperations, request_bytes
+from .operations import EngineOperations, read_request_bytes
 from .session import LibfuseSession
 
 log = logging.getLogger("volume.mount.fuse")
@@ -298,8 +298,8 @@ class FuseMount:
         self._thread.join(1.0)
 
     def _raise_readahead(self) -> None:
-        """Let sequential reads arrive as whole requests (:func:`request_bytes`, 1 MiB or a page
-        less): the kernel caps FUSE readahead at its 128 KiB default whatever the daemon asks,
+        """Let sequential reads arrive as whole requests (:func:`read_request_bytes`, about
+        1 MiB): the kernel caps FUSE readahead at its 128 KiB default whatever the daemon asks,
         unless the mount's bdi says otherwise (only root may set it; others keep 128 KiB
         requests)."""
         mounted = _mount_at(self.mount_path)
@@ -307,7 +307,7 @@ class FuseMount:
             return
         try:
             with open(f"/sys/class/bdi/{mounted[1]}/read_ahead_kb", "w") as f:
-                f.write(str(request_bytes() // 1024))
+                f.write(str(read_request_bytes() // 1024))
         except OSError as exc:
             log.debug("%s: kernel readahead left at its default: %s", self.mount_path, exc)
 

@@ -32,11 +32,12 @@ from ._libfuse import libfuse, mfusepy, request_id
 
 log = logging.getLogger("volume.mount.fuse")
 
-__all__ = ["EngineOperations", "MAX_IO", "request_bytes"]
+__all__ = ["EngineOperations", "MAX_IO", "read_request_bytes", "request_bytes"]
 
 MAX_IO = 1 << 20  # largest read/write request: one engine call per MiB, not per page
 FUSE_CAP_READDIRPLUS_AUTO = 1 << 14  # the kernel asks for attributes only while it uses them
 FUSE_CAP_AUTO_INVAL_DATA = 1 << 12  # the kernel drops a file's pages when it sees a new mtime
+FUSE_CAP_SPLICE_WRITE = 1 << 7  # libfuse may splice a reply's data into /dev/fuse
 DIR_HANDLE = 1 << 63  # set in directory handles (their inode), never in engine file handles
 REINVALIDATE_SECONDS = 0.05  # kernel lookups in flight during an in-process change answer by then
 CACHE_LIMIT = 100_000  # keys per generation of a translator cache (see _Recent)
@@ -194,8 +195,8 @@ def request_bytes() -> int:
     (0.69-0.82 against 0.81-1.00 CPU seconds per GiB), and writes of 4 MiB 25% less.
 
     The kernel takes its largest request in pages from ``max_write`` for reads too, so the
-    mount's readahead is set to this size as well: a readahead window of 1 MiB would come as
-    requests of 1020 and 4 KiB."""
+    mount's readahead is set near this size as well (:func:`read_request_bytes`): a readahead
+    window of 1 MiB would come as requests of 1020 and 4 KiB."""
     if not hasattr(fcntl, "F_SETPIPE_SZ"):  # not Linux: no splicing
         return MAX_IO
     page = os.sysconf("SC_PAGESIZE")
@@ -215,6 +216,14 @@ def request_bytes() -> int:
         return MAX_IO
     # requests much smaller than 1 MiB would cost more per byte than the copy saves
     return largest if MAX_IO // 2 <= largest < MAX_IO else MAX_IO
+
+
+def read_request_bytes() -> int:
+    """The size of the mount's read requests (its readahead): :func:`request_bytes` less four
+    pages, so that libfuse can splice a reply of a whole request from up to two block files.
+    libfuse splices a reply only when its pipe holds the data, the header and a page per part
+    and one more; a bigger reply is copied through its memory instead."""
+    return request_bytes() - 4 * os.sysconf("SC_PAGESIZE")
 
 
 class EngineOperations:
@@ -791,6 +800,17 @@ class EngineOperations:
         """``read`` straight into libfuse's reply buffer ``into``; returns the bytes read."""
         return self.engine.read_into(fh, offset, into)
 
+    def read_spans(
+        self, path: str | None, size: int, offset: int, fh: int
+    ) -> list[tuple[int, int, int]] | None:
+        """Where the bytes of a read lie in the bucket's files (``(fd, position, length)``, the
+        caller closes each ``fd``), for libfuse to splice them; None: :meth:`read_into` them."""
+        return self.engine.read_spans(fh, offset, size)
+
+    #: Present, it has mfusepy register libfuse's ``read_buf``: the session answers a read with
+    #: the file ranges of :meth:`read_spans`, which libfuse splices into /dev/fuse.
+    read_buf = read_spans
+
     def write(self, path: str | None, data: memoryview | ByteStream, offset: int, fh: int) -> int:
         """``data`` is valid during the call only (the engine copies it): a view of the request,
         or the request's bytes left in a pipe (see :meth:`write_buf`)."""
@@ -827,12 +847,14 @@ class EngineOperations:
 
     def init_with_config(self, conn: Any, config: Any) -> None:
         """Ask for requests of up to 1 MiB (libfuse caps them at its buffer size), or the
-        largest libfuse can splice (:func:`request_bytes`)."""
+        largest libfuse can splice (:func:`request_bytes`), and for replies spliced from files
+        (:meth:`read_spans`)."""
         self._fuse = libfuse().fuse_get_context().contents.fuse
         conn.want &= ~FUSE_CAP_AUTO_INVAL_DATA  # see FuseMount.start: kernel_cache instead
         # attributes with every directory listing, not only its first batch: otherwise ls -l,
         # du and find -type look each further entry up in a request of its own
         conn.want &= ~FUSE_CAP_READDIRPLUS_AUTO
+        conn.want |= conn.capable & FUSE_CAP_SPLICE_WRITE  # replies of read_buf's file ranges
         conn.max_write = request_bytes()
-        conn.max_readahead = request_bytes()  # the kernel keeps the smaller of this and its own
+        conn.max_readahead = read_request_bytes()  # the kernel keeps the smaller of it and its own
 

@@ -52,9 +52,14 @@ class LibfuseSession(mfusepy.FUSE if mfusepy is not None else object):  # type: 
     def __init__(self, operations: Any, mountpoint: str, **kwargs: Any) -> None:
         self._loop_thread = threading.get_ident()
         self._kept_states: dict[int, int] = {}  # worker thread -> its PyThreadState
+        self._held_fds: dict[int, list[int]] = {}  # worker thread -> files of its last read
         try:
             super().__init__(operations, mountpoint, **kwargs)
         finally:
+            for fds in self._held_fds.values():
+                for fd in fds:
+                    os.close(fd)
+            self._held_fds.clear()
             for state in self._kept_states.values():
                 python_api().PyThreadState_Clear(state)
                 python_api().PyThreadState_Delete(state)
@@ -153,6 +158,42 @@ class LibfuseSession(mfusepy.FUSE if mfusepy is not None else object):  # type: 
             target = ctypes.cast(buf, ctypes.POINTER(ctypes.c_char * n)).contents
             memoryview(target).cast("B")[:] = data
         return n
+
+    def read_buf(self, path: bytes | None, bufpp: Any, size: int, offset: int, fip: Any) -> int:
+        """A read answered with where its bytes lie (:meth:`EngineOperations.read_spans`):
+        libfuse splices them from the block files into /dev/fuse, the kernel moving their pages
+        without a copy in this process; else with the bytes read into memory libfuse frees.
+
+        libfuse uses the descriptors after this returns, and frees only its vector: this
+        thread closes them when it serves its next read (or when the loop has ended)."""
+        held = self._held_fds.pop(threading.get_ident(), None)
+        if held:
+            for fd in held:
+                os.close(fd)
+        ops, fh, name = self.operations, fip.contents.fh, self._str(path)
+        spans = ops.read_spans(name, size, offset, fh)
+        if spans:
+            self._held_fds[threading.get_ident()] = [fd for fd, _, _ in spans]
+            vector = _new_bufvec(len(spans))
+            at = vector + _BUFVEC_HEAD.size
+            for fd, pos, n in spans:
+                _FD_BUF.pack_into(_memory(at, _FD_BUF.size), 0, n, _FD_AT_OFFSET, 0, fd, pos)
+                at += _FD_BUF.size
+        elif spans is None and size:
+            data = _malloc(size)
+            if not data:
+                raise MemoryError(f"no memory for a read of {size} bytes")
+            try:
+                n = ops.read_into(name, _memory(data, size), offset, fh)
+                vector = _new_bufvec(1)
+            except BaseException:
+                _free(data)
+                raise
+            _MEM_BUF.pack_into(_memory(vector + _BUFVEC_HEAD.size, _MEM_BUF.size), 0, n, 0, data)
+        else:  # past the end of the file: no bytes
+            vector = _new_bufvec(1)
+        ctypes.c_void_p.from_address(ctypes.addressof(bufpp.contents)).value = vector
+        return 0
 
     def write(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
         # a view of libfuse's request buffer, not a copy: the engine copies what it keeps
@@ -302,7 +343,34 @@ def _fill_stat(st: Any, attrs: dict[str, int]) -> None:
 FUSE_BUF_IS_FD = 1 << 1  # struct fuse_buf's flags
 FUSE_BUF_FD_SEEK = 1 << 2
 FUSE_BUF_FD_RETRY = 1 << 3
-_FD_AT_OFFSET = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK | FUSE_BUF_FD_RETRY  # pwrite until done
+_FD_AT_OFFSET = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK | FUSE_BUF_FD_RETRY  # at pos, until done
+# struct fuse_bufvec's head (count, idx, off) and a struct fuse_buf (size, flags, mem, fd, pos)
+# of a memory or a descriptor, packed straight into memory libfuse frees
+_BUFVEC_HEAD = struct.Struct("@NNN")
+_MEM_BUF = struct.Struct("@NiP")
+_FD_BUF = struct.Struct("@NiPiq")
+_libc = ctypes.CDLL(None)
+_malloc = _libc.malloc
+_malloc.argtypes, _malloc.restype = (ctypes.c_size_t,), ctypes.c_void_p
+_free = _libc.free
+_free.argtypes, _free.restype = (ctypes.c_void_p,), None
+
+
+def _memory(address: int, size: int) -> memoryview:
+    """A writable view of ``size`` bytes at ``address``."""
+    return memoryview((ctypes.c_char * size).from_address(address)).cast("B")
+
+
+def _new_bufvec(count: int) -> int:
+    """A ``struct fuse_bufvec`` of ``count`` buffers in memory from ``malloc`` (libfuse frees
+    it), its head filled in; the address."""
+    size = _BUFVEC_HEAD.size + count * _FD_BUF.size
+    vector = _malloc(size)
+    if not vector:
+        raise MemoryError("no memory for a read's buffer vector")
+    ctypes.memset(vector, 0, size)
+    _BUFVEC_HEAD.pack_into(_memory(vector, _BUFVEC_HEAD.size), 0, count, 0, 0)
+    return vector
 
 
 class RequestStream(ByteStream):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import multiprocessing
+import os
 import queue
 import random
 import threading
@@ -198,6 +199,24 @@ class ObjectStoreTests:
             store.get_into("no/such/key", 0, memoryview(buffer))
         with pytest.raises(VolumeValidationError):
             store.get_into(KEY, -1, memoryview(buffer))
+
+    def test_an_object_file_holds_the_object(self, store: ObjectStore) -> None:
+        """``open_file``: None for a store without files; else a descriptor of a file holding
+        exactly the object, which later writes of other keys leave alone."""
+        data = payload(5000)
+        store.put(KEY, data)
+        opened = store.open_file(KEY)
+        if opened is None:
+            return
+        fd, size = opened
+        try:
+            store.put(KEY + "-other", b"x")
+            assert size == len(data) == os.fstat(fd).st_size
+            assert os.pread(fd, size + 10, 0) == data
+        finally:
+            os.close(fd)
+        with pytest.raises(ObjectNotFound):
+            store.open_file("no/such/key")
 
     def test_a_read_hint_never_fails(self, store: ObjectStore) -> None:
         store.will_read("no/such/key")  # a hint: a missing object fails when it is read

@@ -267,6 +267,12 @@ class LocalObjectStore(ObjectStore):
             finally:
                 os.close(fd)
 
+    def open_file(self, key: str) -> tuple[int, int]:
+        """``(fd, size)`` of the object's file, open for reading; the caller closes ``fd``."""
+        path = self._path(key)
+        with self._os_errors("read", key, missing=True):
+            return self._open_object(key, path)
+
     def put(self, key: str, data: bytes | memoryview, *, if_absent: bool = False) -> None:
         """Write the object atomically (see :class:`LocalObjectStore`)."""
         view = memoryview(data).cast("B")
