@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from volume.engine import Engine, PathFS, format_volume, new_format
-from volume.engine.blocks import BlockStore
+from volume.engine.blocks import BlockStore, close_spans
 from volume_local import LocalObjectStore
 from volume_sqlite import SQLiteMetaStore
 
@@ -246,8 +246,7 @@ def test_reading_into_a_buffer_gives_what_read_returns(tmp_path: Path, kind: str
             try:
                 assert b"".join(os.pread(f, n, at) for f, at, n in spans) == expected
             finally:
-                for f, _, _ in spans:
-                    os.close(f)
+                close_spans(spans)
             in_files.append(len(spans))
     assert (max(in_files, default=0) >= 2) if kind == "local" else in_files == []
     if kind == "local":
@@ -307,8 +306,7 @@ def test_a_short_block_file_fails_its_spans_with_eio_and_leaves_no_descriptor(
     spans = blocks.file_spans(5, 3 * BLOCK, BLOCK - 10, 20)
     assert spans is not None and [(at, n) for _, at, n in spans] == [(BLOCK - 10, 10), (0, 10)]
     assert b"".join(os.pread(fd, n, at) for fd, at, n in spans) == b"\0" * 10 + b"\1" * 10
-    for fd, _, _ in spans:
-        os.close(fd)
+    close_spans(spans)
     before = len(os.listdir("/proc/self/fd"))
     with open(objects.root / blocks.key(5, 2, BLOCK), "r+b") as f:
         f.truncate(BLOCK - 1)  # damaged behind the store's back

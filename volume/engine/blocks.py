@@ -27,6 +27,7 @@ import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Iterator
 
 from ..errors import ObjectExists, ObjectNotFound, VolumeCommitError
 from ..juicefs import block_key
@@ -466,13 +467,23 @@ class BlockStore:
     ) -> None:
         """Bytes [off, off+len(into)) of slice ``slice_id`` into ``into`` (as :meth:`read`,
         without building a ``bytes``: a local store reads straight into it)."""
+        pos = 0
+        for indx, _, start, n in self._block_parts(size, off, len(into)):
+            self._block_part(slice_id, size, indx, start, n, inode, into[pos : pos + n])
+            pos += n
+
+    def _block_parts(
+        self, size: int, off: int, length: int
+    ) -> Iterator[tuple[int, int, int, int]]:
+        """``(indx, block size, start, n)``: the part [start, start+n) of each block of a slice
+        of ``size`` bytes that holds its bytes [off, off+length), in order."""
         bs = self.block_bytes
-        length = len(into)
         pos = 0
         for indx in range(off // bs, (off + length - 1) // bs + 1):
+            bsize = self._bsize(size, indx)
             start = max(off - indx * bs, 0)
-            n = min(self._bsize(size, indx) - start, length - pos)
-            self._block_part(slice_id, size, indx, start, n, inode, into[pos : pos + n])
+            n = min(bsize - start, length - pos)
+            yield indx, bsize, start, n
             pos += n
 
     def file_spans(
@@ -484,39 +495,31 @@ class BlockStore:
         Raises ``OSError(EIO)`` for a missing or short block, as :meth:`read`."""
         if not self._direct:
             return None
-        bs = self.block_bytes
         spans: list[tuple[int, int, int]] = []
-        done = False
         try:
-            pos = 0
-            for indx in range(off // bs, (off + length - 1) // bs + 1):
-                bsize = self._bsize(size, indx)
+            for indx, bsize, start, n in self._block_parts(size, off, length):
                 key = self.key(slice_id, indx, bsize)
                 if key in self._pending:
-                    return None
+                    break
                 try:
                     opened = self.objects.open_file(key)
+                    if opened is None:
+                        break
+                    spans.append((opened[0], start, n))
+                    _check_size(key, opened[1], bsize)
                 except ObjectNotFound as exc:
-                    log.error("inode %d: block %s is missing", inode, key)
-                    raise OSError(errno.EIO, f"block {key} of inode {inode} is missing") from exc
-                if opened is None:
-                    return None
-                fd, actual = opened
-                start = max(off - indx * bs, 0)
-                n = min(bsize - start, length - pos)
-                spans.append((fd, start, n))
-                if actual != bsize:
-                    log.error("inode %d: block %s has %d bytes, not %d", inode, key, actual, bsize)
-                    raise OSError(errno.EIO, f"block {key} has {actual} bytes, expected {bsize}")
-                pos += n
-            done = True
-        finally:
-            if not done:
-                for fd, _, _ in spans:
-                    os.close(fd)
-        self.stats.fetches += len(spans)
-        self.stats.fetch_bytes += length
-        return spans
+                    raise _read_failed(inode, key, _missing(key)) from exc
+                except OSError as exc:
+                    raise _read_failed(inode, key, exc) from exc
+            else:
+                self.stats.fetches += len(spans)
+                self.stats.fetch_bytes += length
+                return spans
+        except BaseException:
+            close_spans(spans)
+            raise
+        close_spans(spans)  # a block not in a file
+        return None
 
     def read(self, slice_id: int, size: int, off: int, length: int, *, inode: int = 0) -> bytes:
         """Bytes [off, off+length) of slice ``slice_id`` (whose object size is ``size``).
@@ -579,8 +582,7 @@ class BlockStore:
             else:
                 data = self._fetch_future(key, bsize).result()
         except OSError as exc:
-            log.error("inode %d: cannot read block %s: %s", inode, key, exc)
-            raise OSError(errno.EIO, f"block {key} of inode {inode}: {exc}") from exc
+            raise _read_failed(inode, key, exc) from exc
         return _part(data, start, n, into)
 
     def _read_direct(
@@ -590,9 +592,7 @@ class BlockStore:
         checked once."""
         try:
             if key not in self._verified:
-                actual = self.objects.head(key).size
-                if actual != bsize:
-                    raise OSError(errno.EIO, f"block {key} has {actual} bytes, expected {bsize}")
+                _check_size(key, self.objects.head(key).size, bsize)
                 self._verified.add(key)
             if into is None:
                 data = self.objects.get(key, start, start + n)
@@ -600,7 +600,7 @@ class BlockStore:
             else:
                 data, got = b"", self.objects.get_into(key, start, into)
         except ObjectNotFound as exc:
-            raise OSError(errno.EIO, f"block {key} is missing") from exc
+            raise _missing(key) from exc
         if got != n:
             raise OSError(errno.EIO, f"block {key} is shorter than {start + n} bytes")
         self.stats.fetches += 1
@@ -625,9 +625,8 @@ class BlockStore:
             try:
                 data = self.objects.get(key)
             except ObjectNotFound as exc:
-                raise OSError(errno.EIO, f"block {key} is missing") from exc
-            if len(data) != bsize:
-                raise OSError(errno.EIO, f"block {key} has {len(data)} bytes, expected {bsize}")
+                raise _missing(key) from exc
+            _check_size(key, len(data), bsize)
             self.stats.fetches += 1
             self.stats.fetch_bytes += len(data)
             self._cache.put(key, data)
@@ -648,6 +647,27 @@ class BlockStore:
         self._uploader.shutdown(wait=wait, cancel_futures=not wait)
         self._reader.shutdown(wait=wait, cancel_futures=not wait)
         self._spares.clear()
+
+
+def close_spans(spans: list[tuple[int, int, int]]) -> None:
+    """Close the files of spans (:meth:`BlockStore.file_spans`)."""
+    for fd, _, _ in spans:
+        os.close(fd)
+
+
+def _missing(key: str) -> OSError:
+    return OSError(errno.EIO, f"block {key} is missing")
+
+
+def _check_size(key: str, actual: int, expected: int) -> None:
+    if actual != expected:
+        raise OSError(errno.EIO, f"block {key} has {actual} bytes, expected {expected}")
+
+
+def _read_failed(inode: int, key: str, exc: OSError) -> OSError:
+    """The EIO a read of a file fails with when block ``key`` cannot be read (logged)."""
+    log.error("inode %d: cannot read block %s: %s", inode, key, exc)
+    return OSError(errno.EIO, f"block {key} of inode {inode}: {exc}")
 
 
 def _part(

@@ -42,6 +42,7 @@ from typing import Iterator
 from ..errors import VolumeSystemError
 from ..juicefs import CHUNK_SIZE, TYPE_DIRECTORY, TYPE_FILE, Attr, SliceRecord, unpack_slices
 from ..stores import ByteStream
+from .blocks import close_spans
 from .compaction import DEFAULT_COMPACTION, plan_compaction
 from .posix import ROOT, W_OK, Caller, check_access, fs_error, open_access_mask
 from .reclaim import hides_earlier
@@ -386,9 +387,9 @@ class FileOps:
             else:
                 return spans
         except BaseException:
-            _close_all(spans)
+            close_spans(spans)
             raise
-        _close_all(spans)
+        close_spans(spans)  # a part not in a file
         return None
 
     def _read_parts(self, ino: int, parts: list[tuple[int, Piece | None]], out: memoryview) -> None:
@@ -567,7 +568,3 @@ class FileOps:
         log.debug("inode %d chunk %d: %d records -> %d", ino, indx, len(records), len(replacement))
         return True
 
-
-def _close_all(spans: list[tuple[int, int, int]]) -> None:
-    for fd, _, _ in spans:
-        os.close(fd)

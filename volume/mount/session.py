@@ -17,6 +17,7 @@ import threading
 from typing import Any
 
 from ..engine import NOW
+from ..engine.blocks import close_spans
 from ..engine.posix import TYPE_TO_IFMT as _IFMT
 from ..errors import VolumeSystemError
 from ..juicefs import Attr
@@ -52,14 +53,13 @@ class LibfuseSession(mfusepy.FUSE if mfusepy is not None else object):  # type: 
     def __init__(self, operations: Any, mountpoint: str, **kwargs: Any) -> None:
         self._loop_thread = threading.get_ident()
         self._kept_states: dict[int, int] = {}  # worker thread -> its PyThreadState
-        self._held_fds: dict[int, list[int]] = {}  # worker thread -> files of its last read
+        self._held: dict[int, list[tuple[int, int, int]]] = {}  # worker -> its last read's spans
         try:
             super().__init__(operations, mountpoint, **kwargs)
         finally:
-            for fds in self._held_fds.values():
-                for fd in fds:
-                    os.close(fd)
-            self._held_fds.clear()
+            for spans in self._held.values():
+                close_spans(spans)
+            self._held.clear()
             for state in self._kept_states.values():
                 python_api().PyThreadState_Clear(state)
                 python_api().PyThreadState_Delete(state)
@@ -166,14 +166,14 @@ class LibfuseSession(mfusepy.FUSE if mfusepy is not None else object):  # type: 
 
         libfuse uses the descriptors after this returns, and frees only its vector: this
         thread closes them when it serves its next read (or when the loop has ended)."""
-        held = self._held_fds.pop(threading.get_ident(), None)
+        thread = threading.get_ident()
+        held = self._held.pop(thread, None)
         if held:
-            for fd in held:
-                os.close(fd)
+            close_spans(held)
         ops, fh, name = self.operations, fip.contents.fh, self._str(path)
         spans = ops.read_spans(name, size, offset, fh)
         if spans:
-            self._held_fds[threading.get_ident()] = [fd for fd, _, _ in spans]
+            self._held[thread] = spans
             vector = _new_bufvec(len(spans))
             at = vector + _BUFVEC_HEAD.size
             for fd, pos, n in spans:
