@@ -876,7 +876,9 @@ class LifecycleMachine(RuleBasedStateMachine):
         else:
             data[min(int(len(data) * where), len(data) - 1)] ^= 0xFF
             digest = v.vol.index.hash
-        key = f"{self.doc_key(v.vol).split('/_volume/')[0]}/_volume/damaged/{self.fresh('c')}/{v.vol.index.name}"
+        # (a bucket shared with earlier examples may hold a copy under the same count)
+        copy = f"{self.fresh('c')}-{os.urandom(4).hex()}"
+        key = f"{self.doc_key(v.vol).split('/_volume/')[0]}/_volume/damaged/{copy}/{v.vol.index.name}"
         self.objects.put(key, bytes(data), if_absent=True)
         self.check_events()
         damaged = v.vol.model_copy(
