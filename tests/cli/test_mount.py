@@ -160,3 +160,32 @@ def test_no_xattrs_serves_no_extended_attributes(tmp_path: Path, published: tupl
     finally:
         _out, err = _stop(process, signal.SIGINT)
     assert process.returncode == 0, err
+
+
+@pytest.mark.parametrize("gap", [0.0, 0.002, 0.02])
+def test_a_second_signal_while_the_mount_starts_gives_up_cleanly(
+    tmp_path: Path, bucket: Path, published: tuple[str, str], gap: float
+):
+    """Two Ctrl-Cs as the mount appears: the first means "finish", the second, if the mount is
+    still starting, gives up on it. Either way the command ends, nothing stays mounted (not even
+    a dead mount), no session is left marked live, and at most one version is published."""
+    _first, second = published
+    versions = sorted(bucket.glob("clivol/_volume/versions/*"))
+    mnt = tmp_path / "twice"
+    process = _start(second, str(mnt))
+    deadline = time.monotonic() + 60
+    while not os.path.ismount(mnt) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    process.send_signal(signal.SIGINT)
+    time.sleep(gap)
+    out, err = _stop(process, signal.SIGINT)
+    assert "Traceback" not in err
+    if process.returncode == 0:
+        assert out.startswith("committed clivol: "), (out, err)
+    else:
+        assert process.returncode == 2 and "aborted" in err, (process.returncode, out, err)
+    assert not os.path.ismount(mnt)
+    assert not mnt.exists() or os.listdir(mnt) == []  # a dead mount would fail with ENOTCONN
+    assert list(bucket.glob("clivol/_volume/live/*")) == []
+    published_now = sorted(bucket.glob("clivol/_volume/versions/*"))
+    assert len(published_now) == len(versions) + (process.returncode == 0)
