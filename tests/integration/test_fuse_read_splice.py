@@ -200,7 +200,7 @@ def test_no_block_file_stays_open_past_the_replies_it_served(
         t.join()
     opened = sum(len(spans) for spans in answers.spans if spans)
     assert opened > 40
-    # each serving thread keeps the files of its last reply only, until it serves its next read
+    # each serving thread keeps the files of its last reply only, until its next request
     assert len(_block_fds(volume)) <= 2 * len(answers.threads)
     volume.stop()
     volume.objects.close()  # (its files made ahead for the next writes)

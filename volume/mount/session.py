@@ -71,6 +71,10 @@ class LibfuseSession(mfusepy.FUSE if mfusepy is not None else object):  # type: 
             api = python_api()
             api.PyGILState_Ensure()  # a second hold: ctypes' release leaves the state alive
             self._kept_states[ident] = api.PyThreadState_Get()
+        if self._held:  # the replies of this thread's last read have been sent
+            held = self._held.pop(ident, None)
+            if held:
+                close_spans(held)
         try:
             return func(*args, **kwargs) or 0
         except OSError as exc:
@@ -165,15 +169,11 @@ class LibfuseSession(mfusepy.FUSE if mfusepy is not None else object):  # type: 
         without a copy in this process; else with the bytes read into memory libfuse frees.
 
         libfuse uses the descriptors after this returns, and frees only its vector: this
-        thread closes them when it serves its next read (or when the loop has ended)."""
-        thread = threading.get_ident()
-        held = self._held.pop(thread, None)
-        if held:
-            close_spans(held)
+        thread closes them when it serves its next request (or when the loop has ended)."""
         ops, fh, name = self.operations, fip.contents.fh, self._str(path)
         spans = ops.read_spans(name, size, offset, fh)
         if spans:
-            self._held[thread] = spans
+            self._held[threading.get_ident()] = spans
             vector = _new_bufvec(len(spans))
             at = vector + _BUFVEC_HEAD.size
             for fd, pos, n in spans:
