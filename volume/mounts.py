@@ -162,11 +162,11 @@ def _attach(m: "Mount", kernel: KernelOptions, path: Optional[Path]) -> "Mount":
             entry_cache=kernel.entry_cache, dir_entry_cache=kernel.dir_entry_cache,
             timeout=kernel.timeout, fsname=f"volume:{m.volume_name}", xattrs=kernel.xattrs,
         )  # fmt: skip
-    except BaseException:
+        m.mount_path = path
+        workcopy.track_mount(m)  # (from here the exit hooks unmount it)
+    except BaseException:  # a KeyboardInterrupt too: nothing stays mounted or marked live
         m.close(drain=False)
         raise
-    m.mount_path = path
-    workcopy.track_mount(m)
     return m
 
 

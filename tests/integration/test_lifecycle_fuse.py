@@ -66,6 +66,38 @@ def test_mount_path_that_is_a_file_is_refused_with_nothing_left(tmp_path: Path) 
     vol.unmount()
 
 
+@pytest.mark.parametrize("step", ["readahead", "tracking"])
+def test_an_interrupt_in_the_last_steps_of_a_mount_leaves_nothing_mounted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    """Ctrl-C (KeyboardInterrupt) once the kernel lists the new mount but before the handle has
+    it (`volume mount`'s second Ctrl-C can land there): the mount is undone, no session stays
+    marked live, and the next mount works."""
+    from volume import workcopy
+    from volume.mount.fuse import FuseMount
+
+    def interrupt(*_args: object) -> None:
+        raise KeyboardInterrupt
+
+    if step == "readahead":
+        monkeypatch.setattr(FuseMount, "_raise_readahead", interrupt)
+    else:
+        monkeypatch.setattr(workcopy, "track_mount", interrupt)
+    mnt, bucket = tmp_path / "mnt", tmp_path / "bucket"
+    vol = Volume.new("interrupted", bucket=str(bucket))
+    with pytest.raises(KeyboardInterrupt):
+        vol.mount(mount_path=mnt, transport="fuse")
+    assert not os.path.ismount(mnt) and not vol.mounted
+    assert list(bucket.glob("interrupted/_volume/live/*")) == []
+    monkeypatch.undo()
+    vol.mount(mount_path=mnt, transport="fuse")
+    (mnt / "after").write_text("mounted again\n")
+    done = vol.finalize("after the interrupt")
+    assert not os.path.ismount(mnt)
+    with done.mount(transport="none") as ro:
+        assert ro.fs.cat_file("/after") == b"mounted again\n"
+
+
 def test_interpreter_exit_unmounts(tmp_path: Path) -> None:
     mnt = tmp_path / "mnt"
     script = textwrap.dedent(

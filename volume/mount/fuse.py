@@ -246,13 +246,13 @@ class FuseMount:
         previous_handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGHUP, signal.SIGTERM)}
         mount._thread.start()
         atexit.register(mount._stop_at_exit)
-        try:
+        try:  # (a KeyboardInterrupt anywhere in here leaves nothing mounted either)
             mount._wait_ready(timeout)
+            mount._restore_signal_handlers(previous_handlers)
+            mount._raise_readahead()
         except BaseException:
             mount._abandon()
             raise
-        mount._restore_signal_handlers(previous_handlers)
-        mount._raise_readahead()
         return mount
 
     def _serve(self) -> None:
