@@ -25,6 +25,7 @@ from volume.juicefs import (
 )
 from volume.stores import MetaStore, MetaStoreCapabilities, parse_stored_format, place_file
 
+from ._checkpoint import INLINE_PAGES, Checkpointer
 from ._schema import FORMAT_COUNTERS, JUICEFS_SCHEMA
 from ._txn import GET_ATTR, SQLiteTxn, _attr_from_row, translate_error
 
@@ -33,10 +34,13 @@ INDEX_FILENAME = "meta.db"
 _BUSY_TIMEOUT_S = 5.0  # what the JuiceFS client waits for a lock held by another process
 # synchronous=NORMAL in WAL mode: commits do not fsync, yet a crash never corrupts the file (it
 # may only lose the latest transactions). Committed versions are snapshots, fsynced on their own.
+# Checkpoints run beside the store's lock (see _checkpoint.py); the connection's own only bounds
+# the WAL.
 _WRITABLE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=NORMAL",
     "PRAGMA cache_size=-65536",  # up to 64 MiB of page cache, allocated only as used
+    f"PRAGMA wal_autocheckpoint={INLINE_PAGES}",
 )
 # schema_version reads the header, so a file that is no database fails at open, not later
 _READ_ONLY_PRAGMAS = ("PRAGMA schema_version", "PRAGMA cache_size=-65536")
@@ -74,6 +78,7 @@ class SQLiteMetaStore(MetaStore):
         self._read_only = read_only
         self._lock = threading.RLock()
         self._synced_db: tuple[int, int] | None = None  # (mtime, size) at the last sync
+        self._checkpointer = None if read_only else Checkpointer(db_path)
 
     # ------------------------------------------------------------------ opening
 
@@ -260,7 +265,10 @@ class SQLiteMetaStore(MetaStore):
                 f"the metadata store {self._db_path} was opened read-only; open it writable to "
                 f"change it"
             )
-        return SQLiteTxn(self._conn, self._lock, self._db_path, write)
+        return SQLiteTxn(
+            self._conn, self._lock, self._db_path, write,
+            self._checkpointer.committed if self._checkpointer is not None else None,
+        )  # fmt: skip
 
     def read_attr(self, inode: int) -> Attr | None:
         """One inode's attributes, read outside any explicit transaction: a single SELECT is
@@ -314,27 +322,33 @@ class SQLiteMetaStore(MetaStore):
         """Make every committed transaction durable: the WAL (and the database file, which a
         checkpoint may have written) are fsynced. Commits themselves run with
         ``synchronous=NORMAL``, which already survives the kill of this process; this makes them
-        survive a power loss too (what fsync(2) in a mounted volume waits for)."""
+        survive a power loss too (what fsync(2) in a mounted volume waits for).
+
+        It runs outside the store's lock, so other threads' transactions go on meanwhile: the
+        frames of every transaction committed before the call are in the WAL file's pages
+        already, or, when the WAL started over since, in the database file, which the
+        checkpoint that allowed that restart fsynced first."""
         if self._read_only:
             return
-        with self._lock:
-            try:
-                _fsync(Path(f"{self._db_path}-wal"))
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                raise MetaStoreError(f"cannot fsync the WAL of {self._db_path}: {exc}") from exc
-            try:
-                info = self._db_path.stat()
-                state = (info.st_mtime_ns, info.st_size)
-                if state != self._synced_db:  # a checkpoint wrote it since the last sync
-                    _fsync(self._db_path)
-                    self._synced_db = state
-            except OSError as exc:
-                raise MetaStoreError(f"cannot fsync {self._db_path}: {exc}") from exc
+        try:
+            _fsync(Path(f"{self._db_path}-wal"))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise MetaStoreError(f"cannot fsync the WAL of {self._db_path}: {exc}") from exc
+        try:
+            info = self._db_path.stat()
+            state = (info.st_mtime_ns, info.st_size)
+            if state != self._synced_db:  # a checkpoint wrote it since the last sync
+                _fsync(self._db_path)
+                self._synced_db = state
+        except OSError as exc:
+            raise MetaStoreError(f"cannot fsync {self._db_path}: {exc}") from exc
 
     def close(self) -> None:
         """Close the connection (a writable store checkpoints and removes its WAL file)."""
+        if self._checkpointer is not None:
+            self._checkpointer.close()  # first: the last connection closed removes the WAL
         with self._lock:
             self._conn.close()
 

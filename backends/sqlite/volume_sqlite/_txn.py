@@ -227,11 +227,19 @@ class SQLiteTxn(MetaTxn):
     block ends (they are closed then).
     """
 
-    __slots__ = ("_conn", "_cur", "_db_path", "_lock", "_scans", "_writable")
+    __slots__ = ("_committed", "_conn", "_cur", "_db_path", "_lock", "_scans", "_writable")
 
     def __init__(
-        self, conn: sqlite3.Connection, lock: threading.RLock, db_path: object, write: bool
+        self,
+        conn: sqlite3.Connection,
+        lock: threading.RLock,
+        db_path: object,
+        write: bool,
+        committed: Callable[[int], None] | None = None,
     ) -> None:
+        """``committed`` is called with the connection's ``total_changes`` after a write
+        transaction commits, still under the lock."""
+        self._committed = committed
         self._conn = conn
         self._lock = lock
         self._db_path = db_path
@@ -275,6 +283,8 @@ class SQLiteTxn(MetaTxn):
         try:
             if commit:
                 self._cur.execute(COMMIT)
+                if self._writable and self._committed is not None:
+                    self._committed(self._conn.total_changes)
             elif self._conn.in_transaction:  # some errors make SQLite roll back by itself
                 self._cur.execute(ROLLBACK)
         except sqlite3.Error as exc:
