@@ -8,6 +8,7 @@ those fsyncs. These tests read the files with plain ``sqlite3`` to see who wrote
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import sqlite3
 import threading
@@ -22,6 +23,8 @@ from volume_sqlite._checkpoint import CHANGES_PER_CHECKPOINT, INLINE_PAGES
 
 from volume.juicefs import TYPE_FILE, Attr, Format
 from volume.testing.metastore import NOW_NS
+
+from tests.unit.test_engine_concurrency import run_threads
 
 FIRST, LAST = 1000, 1 << 40  # the inodes the tests write, clear of the root and the trash
 OURS = "SELECT inode FROM jfs_node WHERE inode BETWEEN ? AND ?"
@@ -109,23 +112,14 @@ def test_many_threads_commit_while_checkpoints_run(store: SQLiteMetaStore) -> No
     path = db_file(store)
     wal = Path(f"{path}-wal")
     per_thread, biggest = 3000, [0]
-    errors: list[BaseException] = []
 
     def writer(index: int) -> None:
-        try:
-            start = FIRST + index * per_thread
-            for at in range(start, start + per_thread, 100):
-                write_files(store, range(at, at + 100))
-                biggest[0] = max(biggest[0], wal.stat().st_size)
-        except BaseException as exc:  # reported below
-            errors.append(exc)
+        start = FIRST + index * per_thread
+        for at in range(start, start + per_thread, 100):
+            write_files(store, range(at, at + 100))
+            biggest[0] = max(biggest[0], wal.stat().st_size)
 
-    threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors
+    run_threads([functools.partial(writer, i) for i in range(4)], limit=120)
     assert store._checkpointer is not None and store._checkpointer.done >= 1
     page_size = 4096
     assert biggest[0] <= (INLINE_PAGES + 100) * (page_size + 24)  # frames carry a 24-byte header
