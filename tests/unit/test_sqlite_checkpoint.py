@@ -88,17 +88,24 @@ def test_commits_never_write_the_database_file_themselves(
 
 
 def test_the_checkpointer_copies_the_wal_into_the_file(store: SQLiteMetaStore) -> None:
-    """After enough changes, the checkpointer's thread copies the WAL into the database file."""
+    """The commit that brings the changes to :data:`CHANGES_PER_CHECKPOINT` starts the
+    checkpointer's thread, which copies the WAL into the database file.
+
+    The file is read on its own (``immutable=1`` ignores the WAL) only after a complete
+    checkpoint: one that copied part of the WAL, with writes going on, leaves pages of different
+    moments in the file, which only the WAL beside it makes whole. So the last write here is
+    the one that asks for the checkpoint."""
     assert store._checkpointer is not None
-    assert not checkpoint_threads()  # a store that changed little never starts it
-    path = db_file(store)
-    count = CHANGES_PER_CHECKPOINT + 10
-    write_files(store, range(FIRST, FIRST + count))
+    with store._lock:
+        base = store._conn.total_changes  # the format's rows count too
+    count = CHANGES_PER_CHECKPOINT - base
+    write_files(store, range(FIRST, FIRST + count - 1))
+    assert not checkpoint_threads()  # a store that changed less never starts it
+    write_files(store, range(FIRST + count - 1, FIRST + count))
     wait_for(lambda: store._checkpointer.done >= 1, "a background checkpoint")  # type: ignore
     assert len(checkpoint_threads()) == 1
-    # the checkpoint copied every change committed before it was asked for
-    assert set(range(FIRST, FIRST + CHANGES_PER_CHECKPOINT)) <= in_database_file(path)
-    with closing(sqlite3.connect(path)) as conn:
+    assert in_database_file(db_file(store)) == set(range(FIRST, FIRST + count))
+    with closing(sqlite3.connect(db_file(store))) as conn:
         assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000  # a new connection
     with store._lock:
         inline = store._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,10 @@ CHANGES_PER_CHECKPOINT = 1000
 INLINE_PAGES = 10_000
 
 _CHECKPOINT = "PRAGMA wal_checkpoint(PASSIVE)"
+# A PASSIVE checkpoint answers busy, having copied nothing, when it meets a commit updating the
+# WAL's index (it may not wait for the write lock to read it); it is tried again shortly.
+_BUSY_TRIES = 100
+_BUSY_PAUSE_S = 0.01
 
 
 class Checkpointer:
@@ -41,18 +46,17 @@ class Checkpointer:
     closes its own connection after it, so that one still removes the WAL.
     """
 
-    def __init__(self, db_path: Path, changes: int = CHANGES_PER_CHECKPOINT) -> None:
+    def __init__(self, db_path: Path) -> None:
         self._db_path = db_path
-        self._changes = changes
         self._at = 0  # the store connection's total_changes at the last request
         self._wake = threading.Event()
         self._closing = False
         self._thread: threading.Thread | None = None
-        self.done = 0  # checkpoints run (for tests and curious callers)
+        self.done = 0  # checkpoints run, not counting busy ones (for tests and curious callers)
 
     def committed(self, total_changes: int) -> None:
         """Note the store connection's ``total_changes`` after a write commit."""
-        if total_changes - self._at < self._changes or self._closing:
+        if total_changes - self._at < CHANGES_PER_CHECKPOINT or self._closing:
             return
         self._at = total_changes
         if self._thread is None:
@@ -85,12 +89,17 @@ class Checkpointer:
             while True:
                 self._wake.wait()
                 self._wake.clear()
-                if self._closing:
-                    return
-                try:
-                    conn.execute(_CHECKPOINT).fetchall()
-                    self.done += 1
-                except sqlite3.Error as exc:  # a full disk, say: the next one tries again
-                    log.warning("checkpointing %s failed: %s", self._db_path, exc)
+                for _ in range(_BUSY_TRIES):
+                    if self._closing:
+                        return
+                    try:
+                        busy = conn.execute(_CHECKPOINT).fetchone()[0]
+                    except sqlite3.Error as exc:  # a full disk, say: the next one tries again
+                        log.warning("checkpointing %s failed: %s", self._db_path, exc)
+                        break
+                    if not busy:
+                        self.done += 1
+                        break
+                    time.sleep(_BUSY_PAUSE_S)
         finally:
             conn.close()
