@@ -7,9 +7,10 @@ them, and it allocates slice ids from the index's ``nextChunk``. Before an index
 its staged snapshot (a copy: the live store is never changed) is therefore changed, through
 :class:`~volume.stores.MetaTxn` (so every store type gets it) or, for a store that offers them,
 through two optional hooks that do the same faster: ``store.edit_snapshot(path)`` (a writable
-store over the staged file, written back on a clean exit) and ``pin_slice_refs(pin)`` on that
-store (the counts in one pass of its own; the redis store runs one script inside a scratch
-server):
+store over the staged file, which holds its changes once the block exits: the SQLite store edits
+the file in place, the redis store loads it into a scratch server and saves it back) and
+``pin_slice_refs(pin)`` on that store (the counts in one pass of its own; the redis store runs
+one script inside its scratch server):
 
 * every slice-reference count below :data:`SLICE_PIN` gets :data:`SLICE_PIN` added, so no
   sequence of deletes by one client reaches zero (a count already pinned stays as it is);
@@ -74,8 +75,9 @@ def pin_snapshot(store: MetaStore | type[MetaStore], snapshot: Path) -> int:
     is the store that wrote it (or its class); the store itself is never changed.
 
     A store with an ``edit_snapshot(path)`` context manager (a writable store over the file,
-    written back on a clean exit) edits it that way; otherwise the file is restored into a
-    scratch directory, pinned there and snapshotted back."""
+    which holds its changes once the block exits) edits it that way; otherwise the file is
+    restored into a scratch directory, pinned there and snapshotted back. On a failure the file
+    is to be discarded."""
     edit = None if isinstance(store, type) else getattr(store, "edit_snapshot", None)
     if edit is not None:
         with edit(snapshot) as meta:
